@@ -1,0 +1,1 @@
+"""Metrics, reports and plots shared by the time-series and segmentation evaluations."""

@@ -1,0 +1,1 @@
+"""DeepLabV3 with an extra anomaly class: model, score maps, losses, fine-tuning, data sets."""

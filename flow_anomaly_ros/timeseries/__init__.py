@@ -1,0 +1,1 @@
+"""Time-series (CAN/IMU) anomaly detection core: signals, resampling, windows, normalisation, detectors."""
