@@ -13,10 +13,15 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
-OK = DiagnosticStatus.OK
-WARN = DiagnosticStatus.WARN
-ERROR = DiagnosticStatus.ERROR
-STALE = DiagnosticStatus.STALE
+# Plain ints (diagnostic_msgs defines them as single bytes); make_status converts.
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+
+
+def level_of(status: DiagnosticStatus) -> int:
+    """The level of a received DiagnosticStatus as an int."""
+    level = status.level
+    return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
 
 
 @dataclass
@@ -34,7 +39,7 @@ def _fmt(value: Any) -> str:
 
 def make_status(name: str, hardware_id: str, health: Health) -> DiagnosticStatus:
     status = DiagnosticStatus()
-    status.level = bytes([int(health.level)])
+    status.level = bytes([int(health.level)])  # byte-typed field
     status.name = name
     status.message = health.message
     status.hardware_id = hardware_id
