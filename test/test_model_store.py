@@ -41,7 +41,7 @@ def test_truncated_weights_are_rejected_with_the_file_named(tmp_path):
     _save(tmp_path / "m")
     w = tmp_path / "m" / "weights.safetensors"
     w.write_bytes(w.read_bytes()[:20])
-    with pytest.raises(ModelFileError, match="weights.safetensors.*checksum"):
+    with pytest.raises(ModelFileError, match=r"weights\.safetensors.*checksum"):
         load_model_dir(tmp_path / "m")
 
 
