@@ -24,7 +24,7 @@ from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from flow_anomaly_ros.ros.diagnostics import ERROR, OK, DiagnosticsReporter, Health
@@ -197,9 +197,13 @@ class ManagedAnomalyNode(LifecycleNode):
 
 
 def run_node(factory: Callable[[], Any], args: Sequence[str] | None = None, threads: int = 2) -> int:
-    """Init rclpy, build the node(s), spin until SIGINT/SIGTERM, shut down cleanly; returns an exit code."""
+    """Init rclpy, build the node(s), spin until SIGINT/SIGTERM, shut down cleanly; returns an exit code.
+
+    ``threads=1`` spins a SingleThreadedExecutor (about twice the callback throughput of rclpy's multi-threaded one;
+    right for nodes that do their heavy work in their own thread).
+    """
     rclpy.init(args=list(args) if args is not None else sys.argv)
-    executor = MultiThreadedExecutor(num_threads=threads)
+    executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
     nodes = []
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     try:

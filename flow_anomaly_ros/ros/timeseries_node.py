@@ -1,0 +1,507 @@
+"""``timeseries_anomaly_node``: live CAN/IMU anomaly scoring on the vehicle (thin shell around the core).
+
+Subscribes to ``sensor_msgs/Imu`` topics and to ``can_msgs/msg/Frame`` on ``from_can_bus`` (ros2_socketcan), feeds
+every message, stamped with its header time, to the time-series core's
+:class:`flow_anomaly_ros.timeseries.pipeline.StreamingScorer` (the same class ``score_recording`` uses offline, so live
+and offline scores are identical), and publishes one ``flow_anomaly_ros/msg/AnomalyScore`` per window on ``~/score``
+(optionally the bare value on ``~/score_value``) plus health on ``/diagnostics``. The node owns no algorithm: DBC
+decoding, resampling, windows, normalisation, staleness and scoring all live in the core.
+
+Wiring, and why:
+- Lifecycle node (like ros2_socketcan) from :class:`ManagedAnomalyNode`: configure loads and checks the model
+  (missing, corrupt or mismatched -> MODEL_ERROR on ``/diagnostics``, node stays up and retries, no scores),
+  activate starts the subscriptions. ``autostart`` (default true) does both without a lifecycle manager.
+- Subscription callbacks only convert the message to an event and append it to a bounded queue; a worker thread
+  drains the queue, scores and publishes. A flood therefore cannot grow memory: when the queue is full the message
+  is dropped and counted, and every window overlapping a drop is published as INVALID_INPUT.
+- Time is message time (header stamps), so bags replay correctly with or without ``use_sim_time``. A stamp more than
+  ``clock_jump_back_s`` behind the newest one is a clock jump (a looping bag): the core is reset, the reset is logged,
+  counted and named in the next scores' status message and in diagnostics. When every input is silent, message time
+  is advanced by the node clock (ROS time, so sim time when ``use_sim_time``) after ``input_timeout_s`` so that the
+  core can report STALE_INPUT instead of going quiet.
+
+Example::
+
+    python -m flow_anomaly_ros.ros.timeseries_node --ros-args -p model_dir:=models/ts_realnvp \\
+        -p imu_topics:="['/imu/data']" -p can_topic:=/from_can_bus
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rclpy.event_handler import SubscriptionEventCallbacks
+from std_msgs.msg import Float32
+
+from flow_anomaly_ros.msg import AnomalyScore
+from flow_anomaly_ros.ros.can_conversion import CanTypeMissing, can_event, frame_type
+from flow_anomaly_ros.ros.diagnostics import ERROR, OK, WARN, Health
+from flow_anomaly_ros.ros.imu_conversion import imu_event, seconds_to_stamp
+from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, Param, run_node
+from flow_anomaly_ros.ros.qos import QOS_NAMES, qos_from_name
+from flow_anomaly_ros.stats import LatencyWindow
+
+NODE_NAME = "timeseries_anomaly_node"
+STATUS_NAMES = {0: "OK", 1: "WARMING_UP", 2: "STALE_INPUT", 3: "INVALID_INPUT", 4: "MODEL_ERROR"}
+STATUS_OK, STATUS_INVALID_INPUT, STATUS_MODEL_ERROR = 0, 3, 4
+RESET_NOTICE_S = 10.0  # diagnostics keep naming the last reset (and WARN) this long, in node-clock seconds
+
+
+def _check_topics(value: Any) -> str | None:
+    if any(not isinstance(t, str) or not t.strip() for t in value):
+        return "topic names must be non-empty strings"
+    if len(set(value)) != len(value):
+        return "topic names must be unique"
+    return None
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("model_dir", "", "trained time-series model directory (written by `flow-anomaly ts train`)"),
+    Param("dbc_file", "", "DBC file that decodes the CAN frames (empty: the DBC recorded in the model)"),
+    Param("imu_topics", ["imu/data"], "sensor_msgs/Imu topics, one per IMU source", check=_check_topics),
+    Param("imu_sources", ["imu"], "model source name of each entry of imu_topics (same length)"),
+    Param("can_topic", "from_can_bus", "can_msgs/msg/Frame topic of ros2_socketcan (empty: no CAN input)"),
+    Param("input_qos", "sensor_data", "QoS profile of the input subscriptions", choices=QOS_NAMES),
+    Param("input_qos_depth", 0, "history depth of the inputs (0: the profile's default)", min=0, max=100000),
+    Param("output_qos", "reliable", "QoS profile of ~/score and ~/score_value", choices=QOS_NAMES),
+    Param("output_qos_depth", 10, "history depth of the outputs", min=1, max=10000),
+    Param("publish_score_value", False, "also publish the bare score on ~/score_value (std_msgs/Float32)"),
+    Param("frame_id", "base_link", "header.frame_id of published scores"),
+    Param(
+        "stamp_source",
+        "header",
+        "time of a message: its header stamp, or the node clock at receipt (for drivers that leave it zero)",
+        choices=("header", "receipt"),
+    ),
+    Param("queue_size", 10000, "bounded input queue between callbacks and scoring (full: drop and count)", min=8),
+    Param("clock_jump_back_s", 1.0, "a stamp this far behind the newest one is a clock jump: reset", min=0.001),
+    Param(
+        "input_timeout_s", 1.0, "all inputs silent this long (node clock): advance time so windows go STALE", min=0.0
+    ),
+)
+
+
+class BoundedQueue:
+    """A FIFO with a hard capacity, shared by the callbacks (put) and the scoring thread (take_all).
+
+    ``put`` never blocks: when full, it refuses the item and counts a drop, so a flood costs a counter, not memory.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.dropped = 0
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: Any) -> bool:
+        with self._cond:
+            if len(self._items) >= self.capacity:
+                self.dropped += 1
+                return False
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def take_all(self, timeout: float) -> list[Any]:
+        """Everything queued (waiting up to ``timeout`` seconds for at least one item)."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class TimeseriesAnomalyNode(ManagedAnomalyNode):
+    """Scores sliding windows of IMU and CAN input with a trained time-series detector."""
+
+    PARAMS = PARAMS
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        self.scorer = None
+        self._score_pub = None
+        self._value_pub = None
+        self._subs: list[Any] = []
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._queue = BoundedQueue(1)
+        self._core_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.model_error: str | None = None
+        self._reset_stats()
+        super().__init__(node_name, **kwargs)
+        self._frame_cls = None
+        try:
+            self._frame_cls = frame_type()
+        except CanTypeMissing as exc:
+            self.get_logger().error(str(exc))
+            self._frame_missing = str(exc)
+        else:
+            self._frame_missing = None
+
+    # ----- state shared by the callbacks, the worker and diagnostics --------------------------------------------
+    def _reset_stats(self) -> None:
+        self.received: Counter[str] = Counter()  # per input source
+        self.lost_in_transport: Counter[str] = Counter()  # per input source, reported by the middleware
+        self.invalid: Counter[str] = Counter()  # per rejection reason
+        self.windows_by_status: Counter[str] = Counter()
+        self.windows_published = 0
+        self.anomalies = 0
+        self.resets = 0
+        self.last_reset_reason = ""
+        self._last_reset_clock = -math.inf
+        self._pending_reset_note = ""
+        self.processing_errors = 0
+        self.last_processing_error = ""
+        self.last_result = None
+        self._newest_stamp = -math.inf
+        self._last_receipt_clock = None
+        self._drop_lo, self._drop_hi = math.inf, -math.inf  # stamps of dropped messages not yet covered by windows
+        self._last_rate_snapshot: tuple[float, Counter[str]] | None = None
+        self._rates: dict[str, float] = {}
+        self.proc_latency = LatencyWindow(4000)  # receipt -> event processed (pushed, windows scored and published)
+        self.score_latency = LatencyWindow(1000)  # receipt of the message closing a window -> its score published
+
+    # ----- lifecycle ---------------------------------------------------------------------------------------------
+    def validate_params(self, values: dict[str, Any]) -> list[str]:
+        problems = []
+        if not values["model_dir"]:
+            problems.append("model_dir is empty: give the directory written by `flow-anomaly ts train`")
+        if len(values["imu_sources"]) != len(values["imu_topics"]):
+            problems.append(
+                f"imu_sources has {len(values['imu_sources'])} entries but imu_topics has {len(values['imu_topics'])}"
+            )
+        if len(set(values["imu_sources"])) != len(values["imu_sources"]):
+            problems.append("imu_sources must be unique")
+        if values["dbc_file"] and not Path(values["dbc_file"]).is_file():
+            problems.append(f"dbc_file={values['dbc_file']!r} does not exist")
+        if values["can_topic"] and self._frame_missing:
+            problems.append(self._frame_missing)
+        return problems
+
+    def configure_core(self, params: dict[str, Any]) -> None:
+        from flow_anomaly_ros.model_store import ModelFileError
+        from flow_anomaly_ros.timeseries.pipeline import StreamingScorer
+
+        self.model_error = None
+        try:
+            self.scorer = StreamingScorer.from_model_dir(params["model_dir"])
+            self._check_inputs_match_model(params)
+        except ModelFileError as exc:
+            self.scorer = None
+            self.model_error = str(exc)
+            raise
+        out_qos = qos_from_name(params["output_qos"], params["output_qos_depth"])
+        self._score_pub = self.create_lifecycle_publisher(AnomalyScore, "~/score", out_qos)
+        if params["publish_score_value"]:
+            self._value_pub = self.create_lifecycle_publisher(Float32, "~/score_value", out_qos)
+        self.get_logger().info(
+            f"model {self.scorer.model_id}: threshold {self.scorer.threshold:.4g}, "
+            f"{len(self.scorer.feature_names)} features from signals {list(self.scorer.signal_names)}"
+        )
+
+    def _check_inputs_match_model(self, params: dict[str, Any]) -> None:
+        """The model's signals must all be fed by a configured input (else: ModelFileError = MODEL_ERROR)."""
+        from flow_anomaly_ros.model_store import ModelFileError
+
+        missing = []
+        imu_sources = set(params["imu_sources"])
+        for name in self.scorer.signal_names:
+            source = name.split(".", 1)[0]
+            if source == "can":
+                if not params["can_topic"]:
+                    missing.append(f"{name} (can_topic is empty)")
+            elif source not in imu_sources:
+                missing.append(f"{name} (no IMU source {source!r} in imu_sources {sorted(imu_sources)})")
+        if missing:
+            raise ModelFileError(
+                f"model {params['model_dir']} does not match the configured inputs: no input for {', '.join(missing)}"
+            )
+
+    def activate_core(self) -> None:
+        params = self.params
+        self._reset_stats()
+        self._queue = BoundedQueue(params["queue_size"])
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="ts_scoring", daemon=True)
+        self._worker.start()
+        from sensor_msgs.msg import Imu
+
+        in_qos = qos_from_name(params["input_qos"], params["input_qos_depth"] or None)
+        for topic, source in zip(params["imu_topics"], params["imu_sources"]):
+            self._subs.append(
+                self.create_subscription(
+                    Imu, topic, self._imu_callback(source), in_qos, event_callbacks=self._lost_counter(source)
+                )
+            )
+        if params["can_topic"]:
+            self._subs.append(
+                self.create_subscription(
+                    self._frame_cls,
+                    params["can_topic"],
+                    self._on_can,
+                    in_qos,
+                    event_callbacks=self._lost_counter("can"),
+                )
+            )
+
+    def _lost_counter(self, source: str) -> SubscriptionEventCallbacks:
+        """Counts messages the middleware lost before they reached us (QoS message_lost event)."""
+
+        def on_lost(info: Any) -> None:
+            self.lost_in_transport[source] += int(info.total_count_change)
+
+        return SubscriptionEventCallbacks(message_lost=on_lost)
+
+    def deactivate_core(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        self._stop.set()
+        self._queue.wake()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+
+    def cleanup_core(self) -> None:
+        for pub in (self._score_pub, self._value_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._score_pub = self._value_pub = None
+        self.scorer = None
+
+    # ----- callbacks: convert and enqueue, nothing else -------------------------------------------------------------
+    def _stamp_override(self) -> float | None:
+        if self.params["stamp_source"] == "receipt":
+            return self.get_clock().now().nanoseconds * 1e-9
+        return None
+
+    def _imu_callback(self, source: str) -> Callable[[Any], None]:
+        def on_imu(msg: Any) -> None:
+            t_recv = time.perf_counter()
+            event = imu_event(msg, self._stamp_override())
+            self.received[source] += 1
+            if not self._queue.put((t_recv, "imu", source, event)):
+                self._note_drop(event[0])
+
+        return on_imu
+
+    def _on_can(self, msg: Any) -> None:
+        t_recv = time.perf_counter()
+        event = can_event(msg, self._stamp_override())
+        self.received["can"] += 1
+        if msg.is_rtr:
+            self.invalid["remote (RTR) frame, not data"] += 1
+            return
+        if not self._queue.put((t_recv, "can", "can", event)):
+            self._note_drop(event[0])
+
+    def _note_drop(self, stamp: float) -> None:
+        with self._stats_lock:
+            self._drop_lo = min(self._drop_lo, stamp)
+            self._drop_hi = max(self._drop_hi, stamp)
+
+    # ----- scoring thread --------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            batch = self._queue.take_all(timeout=0.05)
+            try:
+                if batch:
+                    self._process(batch)
+                else:
+                    self._advance_when_silent()
+            except Exception as exc:  # never let one bad batch kill scoring; say so on diagnostics
+                self.processing_errors += 1
+                self.last_processing_error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"processing failed: {self.last_processing_error}")
+
+    def _process(self, batch: list[Any]) -> None:
+        scorer = self.scorer
+        jump = self.params["clock_jump_back_s"]
+        for t_recv, kind, source, event in batch:
+            stamp = event[0]
+            if not math.isfinite(stamp):
+                self.invalid["non-finite stamp"] += 1
+                continue
+            with self._core_lock:
+                if stamp < self._newest_stamp - jump:
+                    self._reset_core(
+                        f"clock jumped back {self._newest_stamp - stamp:.3f} s (looping bag?): state reset"
+                    )
+                if kind == "imu":
+                    reason = scorer.push_imu(stamp, event[1], event[2], source=source)
+                else:
+                    reason = scorer.push_can(stamp, event[1], event[2], event[3], event[4], event[5])
+                if reason is not None:
+                    self.invalid[reason] += 1
+                self._newest_stamp = max(self._newest_stamp, stamp)
+                results = scorer.poll(self._newest_stamp)
+            if results:
+                self._publish(results, t_recv)
+        self._last_receipt_clock = self.get_clock().now().nanoseconds * 1e-9
+        done = time.perf_counter()
+        with self._stats_lock:
+            for t_recv, *_ in batch:
+                self.proc_latency.add(done - t_recv)
+
+    def _reset_core(self, reason: str) -> None:
+        self.scorer.reset(reason)
+        self.resets += 1
+        self.last_reset_reason = reason
+        self._pending_reset_note = reason
+        self._last_reset_clock = self.get_clock().now().nanoseconds * 1e-9
+        self._newest_stamp = -math.inf
+        with self._stats_lock:
+            self._drop_lo, self._drop_hi = math.inf, -math.inf
+        self.get_logger().warn(reason)
+
+    def _advance_when_silent(self) -> None:
+        """All inputs silent: move message time on by the node clock so the core can report STALE_INPUT."""
+        timeout = self.params["input_timeout_s"]
+        if timeout <= 0 or self._last_receipt_clock is None or not math.isfinite(self._newest_stamp):
+            return
+        silent_s = self.get_clock().now().nanoseconds * 1e-9 - self._last_receipt_clock
+        if silent_s <= timeout:
+            return
+        t0 = time.perf_counter()
+        with self._core_lock:
+            results = self.scorer.poll(self._newest_stamp + silent_s)
+        if results:
+            self._publish(results, t0, count_latency=False)
+
+    def _publish(self, results: list[Any], t_trigger: float, count_latency: bool = True) -> None:
+        for result in results:
+            msg = self._to_message(result)
+            self._score_pub.publish(msg)
+            if self._value_pub is not None:
+                self._value_pub.publish(Float32(data=float(msg.score)))
+            self.windows_published += 1
+            self.windows_by_status[STATUS_NAMES.get(msg.status, str(msg.status))] += 1
+            self.anomalies += int(msg.is_anomaly)
+            self.last_result = msg
+        if count_latency:
+            latency = time.perf_counter() - t_trigger
+            with self._stats_lock:
+                self.score_latency.add(latency)
+
+    def _to_message(self, result: Any) -> AnomalyScore:
+        status, status_message = int(result.status), str(result.status_message)
+        with self._stats_lock:
+            if self._drop_lo <= result.end_s and self._drop_hi >= result.start_s:
+                status = STATUS_INVALID_INPUT if status == STATUS_OK else status
+                status_message = "; ".join(
+                    m for m in (status_message, "input messages dropped (queue full) inside this window") if m
+                )
+            if result.start_s > self._drop_hi:
+                self._drop_lo, self._drop_hi = math.inf, -math.inf
+        if self._pending_reset_note:
+            status_message = "; ".join(m for m in (status_message, self._pending_reset_note) if m)
+            if status == STATUS_OK:
+                self._pending_reset_note = ""
+        msg = AnomalyScore()
+        msg.header.stamp = seconds_to_stamp(result.end_s)
+        msg.header.frame_id = self.params["frame_id"]
+        msg.window_start = seconds_to_stamp(result.start_s)
+        msg.source = self.scorer.model_id
+        msg.score = float(result.score)
+        msg.threshold = float(result.threshold)
+        msg.is_anomaly = bool(result.is_anomaly) and status == STATUS_OK
+        msg.status = status
+        msg.status_message = status_message
+        msg.feature_names = list(result.feature_names)
+        msg.feature_contributions = [float(c) for c in result.contributions]
+        return msg
+
+    # ----- diagnostics -----------------------------------------------------------------------------------------------
+    def _diagnostics_items(self) -> Health | list[tuple[str, Health]]:
+        if self.model_error is not None and self.config_error is not None:
+            return Health(
+                ERROR,
+                f"MODEL_ERROR: {self.model_error}",
+                {
+                    "status": "MODEL_ERROR",
+                    "model_dir": self.get_parameter("model_dir").value,
+                    "lifecycle_state": self.lifecycle_state,
+                },
+            )
+        return super()._diagnostics_items()
+
+    def _input_rates(self) -> dict[str, float]:
+        now = time.monotonic()
+        snapshot = Counter(self.received)
+        if self._last_rate_snapshot is not None:
+            t_prev, prev = self._last_rate_snapshot
+            if now - t_prev > 0:
+                self._rates = {k: (snapshot[k] - prev[k]) / (now - t_prev) for k in snapshot}
+        self._last_rate_snapshot = (now, snapshot)
+        return self._rates
+
+    def health(self) -> Health:
+        with self._stats_lock:
+            proc, score = self.proc_latency.summary_ms(), self.score_latency.summary_ms()
+        with self._core_lock:
+            counters = dict(getattr(self.scorer, "counters", {}) or {})
+        rates = self._input_rates()
+        last = self.last_result
+        values: dict[str, Any] = {
+            "model_id": self.scorer.model_id,
+            "threshold": float(self.scorer.threshold),
+            "windows_published": self.windows_published,
+            "anomalies": self.anomalies,
+            "last_status": STATUS_NAMES.get(last.status, "?") if last is not None else "none yet",
+            "last_score": float(last.score) if last is not None else float("nan"),
+            "dropped": self._queue.dropped,
+            "queue_depth": len(self._queue),
+            "queue_size": self._queue.capacity,
+            "invalid": sum(self.invalid.values()),
+            "resets": self.resets,
+            "processing_latency_p50_ms": proc["p50_ms"],
+            "processing_latency_p99_ms": proc["p99_ms"],
+            "score_latency_p50_ms": score["p50_ms"],
+            "score_latency_p99_ms": score["p99_ms"],
+        }
+        values.update({f"rate_hz.{source}": rate for source, rate in sorted(rates.items())})
+        values.update({f"invalid.{reason}": n for reason, n in sorted(self.invalid.items())})
+        values.update({f"windows.{name}": n for name, n in sorted(self.windows_by_status.items())})
+        values.update({f"core.{k}": v for k, v in sorted(counters.items())})
+        stale = sorted(getattr(last, "stale_signals", []) or []) if last is not None else []
+        values["stale_signals"] = ",".join(stale) if stale else ""
+        level, message = OK, "scoring"
+        if last is not None and last.status != STATUS_OK:
+            level, message = WARN, f"{STATUS_NAMES.get(last.status, '?')}: {last.status_message}"
+        elif last is None:
+            level, message = WARN, "no window scored yet (waiting for input)"
+        if self._queue.dropped or self.invalid:
+            level = max(level, WARN)
+            message += f"; {self._queue.dropped} dropped, {sum(self.invalid.values())} invalid messages"
+        now = self.get_clock().now().nanoseconds * 1e-9
+        if self.resets and now - self._last_reset_clock < RESET_NOTICE_S:
+            level, message = max(level, WARN), f"{message}; {self.last_reset_reason}"
+        if self.last_reset_reason:
+            values["last_reset_reason"] = self.last_reset_reason
+        if self.processing_errors:
+            level, message = ERROR, f"{message}; processing errors: {self.last_processing_error}"
+            values["processing_errors"] = self.processing_errors
+        return Health(level, message, values)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the installed ``timeseries_anomaly_node`` executable."""
+    return run_node(lambda: TimeseriesAnomalyNode(), args, threads=1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
