@@ -10,6 +10,8 @@ same size, and any size from 32×32 up works (geometry is relative).
 Anomalous objects (:data:`ANOMALY_KINDS`) are of kinds that never occur in normal scenes (crates, traffic cones,
 animals, debris, balls) and are labelled with the anomaly class (trainId 19); ``anomaly_mask`` marks their visible
 pixels. They stand on the road by default (like Lost&Found / SMIYC ObstacleTrack) or anywhere below the horizon.
+They draw from their own random stream, so a scene with anomalies equals its anomaly-free twin (same seed)
+everywhere outside ``anomaly_mask``.
 
 Example::
 
@@ -145,7 +147,8 @@ class _Scene:
         walk_color = _jitter(rng, (175, 160, 165))
         c.polygon([(self.vx, hz), (self.road_left - self.walk, h), (self.road_left, h)], walk_color, SIDEWALK)
         c.polygon([(self.vx, hz), (self.road_right, h), (self.road_right + self.walk, h)], walk_color, SIDEWALK)
-        c.polygon([(self.vx, hz), (self.road_left, h), (self.road_right, h)], _jitter(rng, (95, 95, 100), 10), ROAD)
+        grey = int(rng.integers(80, 115))
+        c.polygon([(self.vx, hz), (self.road_left, h), (self.road_right, h)], (grey, grey, grey + 5), ROAD)
         # dashed centre line and solid edge lines (paint on the road: still labelled road, as in Cityscapes)
         paint = (235, 235, 225)
         side = rng.uniform(0.45, 0.55)
@@ -285,6 +288,8 @@ def generate_scene(
     if bad or (num_anomalies and not anomaly_kinds):
         raise ValueError(f"anomaly_kinds must be a non-empty subset of {ANOMALY_KINDS}, got {list(anomaly_kinds)}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    # anomalies draw from their own stream, so a scene with anomalies is its normal twin plus the objects
+    anomaly_rng = np.random.default_rng(int(rng.integers(2**62)))
     sc = _Scene(int(height), int(width), rng)
     sc.background()
     sc.ground()
@@ -301,15 +306,17 @@ def generate_scene(
         objects.append((hz + (h - hz) * rng.uniform(0.1, 1.0), "person", rng.choice([-0.5, 1.5]) + rng.normal(0, 0.1)))
     kinds: list[str] = []
     for _ in range(int(num_anomalies)):
-        kind = str(rng.choice(list(anomaly_kinds)))
+        kind = str(anomaly_rng.choice(list(anomaly_kinds)))
         kinds.append(kind)
-        side = rng.uniform(0.15, 0.85) if anomalies_on_road else rng.uniform(-0.8, 1.8)
-        objects.append((hz + (h - hz) * rng.uniform(0.25, 0.95), "anomaly:" + kind, side))
+        side = anomaly_rng.uniform(0.15, 0.85) if anomalies_on_road else anomaly_rng.uniform(-0.8, 1.8)
+        objects.append((hz + (h - hz) * anomaly_rng.uniform(0.25, 0.95), "anomaly:" + kind, side))
     for y, kind, pos in sorted(objects, key=lambda o: o[0]):  # far to near
         if kind == "car":
             sc.car(y, pos)
         elif kind.startswith("anomaly:"):
+            sc.rng = anomaly_rng
             sc.anomaly(kind.split(":", 1)[1], y, sc.road_x(y, pos))
+            sc.rng = rng
         else:
             getattr(sc, kind)(y, sc.road_x(y, pos))
     image, label = sc.finish()
