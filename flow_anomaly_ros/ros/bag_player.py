@@ -18,7 +18,7 @@ import contextlib
 import importlib
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from flow_anomaly_ros.data.bags import BagError, BagReader, qos_summary
+from flow_anomaly_ros.data.bags import BagError, BagMessage, BagReader, qos_summary
 
 DEFAULT_CLOCK_HZ = 40.0  # ros2 bag play --clock default frequency
 SUBSCRIBER_SETTLE_S = 0.5  # after the publisher side matched, measured: 0.1-0.3 s until the reader side matched
@@ -90,7 +90,9 @@ class BagPlayer:
         remap: Mapping[str, str] | None = None,
         wait_for_subscribers: int = 0,
         wait_timeout_s: float = 10.0,
+        wait_topics: Iterable[str] | None = None,
         progress: Any | None = None,
+        on_publish: Callable[[BagMessage, int], None] | None = None,
     ) -> None:
         if rate <= 0:
             raise BagError(f"--rate must be > 0, got {rate}")
@@ -105,7 +107,9 @@ class BagPlayer:
         self.remap = dict(remap or {})
         self.wait_for_subscribers = int(wait_for_subscribers)
         self.wait_timeout_s = wait_timeout_s
+        self.wait_topics = list(wait_topics) if wait_topics is not None else None
         self.progress = progress
+        self.on_publish = on_publish  # called with (message, wall-clock ns just after publish), e.g. for latency
         self.stats = PlayStats()
         self._stop = threading.Event()
         available = self.reader.topics()
@@ -158,15 +162,16 @@ class BagPlayer:
     def _wait_for_subscribers(self) -> None:
         if self.wait_for_subscribers <= 0:
             return
+        watched = {t: p for t, p in self._publishers.items() if self.wait_topics is None or t in set(self.wait_topics)}
         deadline = time.monotonic() + self.wait_timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
-            if all(p.get_subscription_count() >= self.wait_for_subscribers for p in self._publishers.values()):
+            if all(p.get_subscription_count() >= self.wait_for_subscribers for p in watched.values()):
                 # The publisher sees the match before the subscriber has matched back; data sent in that gap is
                 # dropped by the reader, so give discovery a moment to finish on the other side.
                 time.sleep(SUBSCRIBER_SETTLE_S)
                 return
             time.sleep(0.02)
-        lacking = [t for t, p in self._publishers.items() if p.get_subscription_count() < self.wait_for_subscribers]
+        lacking = [t for t, p in watched.items() if p.get_subscription_count() < self.wait_for_subscribers]
         if lacking:
             self.node.get_logger().warning(f"playing although these topics have too few subscribers: {lacking}")
 
@@ -199,6 +204,8 @@ class BagPlayer:
                 try:
                     self._publishers[msg.topic].publish(msg.data)
                     self.stats.published[msg.topic] += 1
+                    if self.on_publish is not None:
+                        self.on_publish(msg, time.time_ns())
                 except Exception as exc:  # rclpy raises RCLError under overload; count and continue
                     self.stats.failed[msg.topic] += 1
                     self.node.get_logger().debug(f"publish on {msg.topic} failed: {exc}")

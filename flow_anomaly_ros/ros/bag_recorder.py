@@ -4,8 +4,9 @@ Subscriptions are raw (``create_subscription(..., raw=True)``): the CDR bytes DD
 so a recording of a played bag is byte-identical to the original. Topics are given by name (their type discovered
 from the ROS graph, or given as ``topic:=pkg/msg/Type``) or all topics with ``all_topics``; discovery keeps running,
 so topics that appear later are picked up. QoS follows ``ros2 bag record``'s adaptive rule: reliable only when every
-publisher offers reliable, transient-local only when every publisher is transient-local. Record time is the node
-clock at receipt (bag time when ``use_sim_time`` is set and a ``/clock`` is running).
+publisher offers reliable, transient-local only when every publisher is transient-local; a topic subscribed before
+any publisher exists (type given) is subscribed reliable, which matches reliable publishers (the nodes' outputs).
+Record time is the node clock at receipt (bag time when ``use_sim_time`` is set and a ``/clock`` is running).
 
 Example::
 
@@ -71,8 +72,15 @@ class BagRecorder:
 
     def _qos(self, topic: str) -> QoSProfile:
         infos = self.node.get_publishers_info_by_topic(topic)
-        reliable = bool(infos) and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
-        transient = bool(infos) and all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
+        if not infos:  # type given, no publisher yet: reliable (matches reliable publishers, the output default)
+            return QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=self.depth,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.VOLATILE,
+            )
+        reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+        transient = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
         return QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=self.depth,

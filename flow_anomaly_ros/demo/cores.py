@@ -1,0 +1,147 @@
+"""The demo's integration points with the other areas, in one place: cores, metrics and training.
+
+Everything the demo computes goes through the package's own code so that the demo shows what a user deploys:
+- time series: ``flow_anomaly_ros.timeseries`` (recordings, ``score_recording`` = the node's ``StreamingScorer``,
+  detectors, training) and ``flow_anomaly_ros.evaluation.timeseries_metrics``;
+- camera: the camera node's ``FrameProcessor`` on a ``flow_anomaly_ros.runtime`` backend, and
+  ``flow_anomaly_ros.evaluation.pixel_metrics``;
+- models: ``flow-anomaly ts train`` and the segmentation fine-tuning, cached by config hash (``demo.config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow_anomaly_ros.data.bags import BagReader
+
+NS = 1_000_000_000
+
+
+@dataclass
+class DemoModels:
+    """The models the demo runs, and the camera decision parameters shared by node and offline path."""
+
+    ts_models: dict[str, Path]  # detector name -> model directory
+    seg_model: Path
+    deployed_detector: str = "realnvp"
+    seg_backend: str = "onnxruntime"
+    score_method: str = "anomaly_prob"
+    threshold: float | None = None  # None = the model's calibrated threshold for score_method
+    min_region_area: int = 16
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Time series
+# --------------------------------------------------------------------------------------------------------------
+
+
+def recording_from_bag(bag: str | Path, imu_topic: str, can_topic: str) -> Any:
+    """The bag's IMU and CAN messages as the time-series core's Recording, via the node's conversion functions."""
+    from can_msgs.msg import Frame
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Imu
+
+    from flow_anomaly_ros.ros.can_conversion import can_event
+    from flow_anomaly_ros.ros.imu_conversion import imu_event
+    from flow_anomaly_ros.timeseries.events import Recording, can_events, concat_events, imu_events
+
+    imu_rows: list[tuple[float, tuple, tuple]] = []
+    can_rows: list[tuple] = []
+    with BagReader(bag) as reader:
+        for m in reader.messages([imu_topic, can_topic]):
+            if m.topic == imu_topic:
+                imu_rows.append(imu_event(deserialize_message(m.data, Imu)))
+            else:
+                can_rows.append(can_event(deserialize_message(m.data, Frame)))
+    imu = imu_events(
+        np.array([r[0] for r in imu_rows]),
+        np.array([r[1] for r in imu_rows]).reshape(-1, 3),
+        np.array([r[2] for r in imu_rows]).reshape(-1, 3),
+    )
+    data = np.zeros((len(can_rows), 8), np.uint8)
+    for i, r in enumerate(can_rows):
+        data[i, : len(r[2])] = np.frombuffer(r[2], np.uint8)
+    can = can_events(
+        np.array([r[0] for r in can_rows]),
+        np.array([r[1] for r in can_rows], np.uint32),
+        data,
+        np.array([r[3] for r in can_rows], np.uint8),
+        np.array([r[4] for r in can_rows], bool),
+        np.array([r[5] for r in can_rows], bool),
+    )
+    return Recording(concat_events([imu, can]), ("imu",))
+
+
+def score_recording(model_dir: str | Path, recording: Any) -> Any:
+    """Per-window scores of ``recording`` with the model in ``model_dir`` (the node's StreamingScorer, offline)."""
+    from flow_anomaly_ros.demo.evaluate import WindowScores
+    from flow_anomaly_ros.timeseries.pipeline import score_recording as _score
+
+    results = _score(model_dir, recording)
+    return WindowScores.from_rows(
+        [(r.start_s, r.end_s, r.score, r.threshold, bool(r.is_anomaly), int(r.status)) for r in results]
+    )
+
+
+def timeseries_metrics(windows: Any, intervals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The time-series issue's metrics (ROC-AUC, AP, F1, range F1, event recall, delay) on valid windows."""
+    from flow_anomaly_ros.evaluation import timeseries_metrics as tm
+
+    valid = windows.status == 0
+    return tm.window_metrics(
+        windows.start_s[valid],
+        windows.end_s[valid],
+        windows.score[valid],
+        windows.is_anomaly[valid],
+        intervals,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Camera
+# --------------------------------------------------------------------------------------------------------------
+
+
+def frame_processor(models: DemoModels) -> Any:
+    """The camera node's FrameProcessor configured exactly as the node is in the demo."""
+    from flow_anomaly_ros.ros.camera_pipeline import FrameProcessor
+    from flow_anomaly_ros.runtime import load_backend
+
+    backend = load_backend(models.seg_backend, models.seg_model, device="cpu")
+    method = models.score_method or backend.spec.score_method
+    threshold = backend.spec.threshold_for(method) if models.threshold is None else models.threshold
+    return FrameProcessor(backend, method, threshold, min_region_area=models.min_region_area)
+
+
+def camera_metrics(
+    scores: list[np.ndarray | None],
+    masks: list[np.ndarray],
+    labels: list[np.ndarray],
+    frame_flags: list[bool],
+) -> dict[str, Any]:
+    """Pixel metrics (AP, FPR95, AUROC, F1 of the mask) and frame-level precision/recall of ``is_anomaly``."""
+    from flow_anomaly_ros.evaluation import pixel_metrics as pm
+
+    out: dict[str, Any] = {}
+    if all(s is not None for s in scores):
+        out.update(pm.anomaly_metrics(np.stack(scores), np.stack(labels)))
+    pred = np.stack(masks)
+    gt = np.stack(labels)
+    tp = float(np.sum(pred & gt))
+    fp = float(np.sum(pred & ~gt))
+    fn = float(np.sum(~pred & gt))
+    out["mask_precision"] = tp / (tp + fp) if tp + fp else 0.0
+    out["mask_recall"] = tp / (tp + fn) if tp + fn else 0.0
+    p, r = out["mask_precision"], out["mask_recall"]
+    out["mask_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+    frames_gt = gt.reshape(len(gt), -1).any(axis=1)
+    flags = np.asarray(frame_flags, bool)
+    ftp = int(np.sum(flags & frames_gt))
+    out["frame_precision"] = ftp / max(1, int(flags.sum()))
+    out["frame_recall"] = ftp / max(1, int(frames_gt.sum()))
+    return out

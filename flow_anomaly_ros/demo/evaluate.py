@@ -1,0 +1,372 @@
+"""Evaluate the nodes on a demo bag: offline (their cores on the bag's messages, no DDS) or live (over DDS).
+
+Both modes end in the same :class:`Evaluation` (per-window time-series scores, per-frame camera masks and score
+maps, latencies) and go through the same :func:`compute_metrics`, so their numbers are directly comparable:
+
+- **offline**: every message is deserialised with rclpy (no DDS, no ``rclpy.init``) and converted with the nodes'
+  own conversion functions; IMU and CAN go into the time-series core's ``score_recording`` (the class the node
+  runs), camera frames into the camera node's :class:`FrameProcessor`. Every detector (RealNVP and the paper's
+  baselines) is scored here, which gives the detector comparison.
+- **live**: the nodes run as processes, the bag is played over DDS at ``rate`` and the nodes' outputs
+  (``~/score``, ``~/mask``, ``~/score_map``, ``~/summary``) are recorded into ``<bag>_live_outputs``; only the
+  deployed detector (RealNVP) runs live.
+
+Where they can differ, and why: the camera node keeps only the newest frame, so frames arriving while it is busy
+are dropped (counted; metrics cover the processed frames); the time-series node drops input when its bounded queue
+is full (counted; affected windows come out INVALID_INPUT). With no drops the outputs are identical.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow_anomaly_ros.data.bags import BagReader
+from flow_anomaly_ros.demo import cores
+from flow_anomaly_ros.demo.recording import load_camera_labels, load_ground_truth
+
+NS = 1_000_000_000
+
+
+@dataclass
+class WindowScores:
+    """Per-window outputs of one time-series detector (arrays of equal length, stamps in seconds)."""
+
+    start_s: np.ndarray
+    end_s: np.ndarray
+    score: np.ndarray
+    threshold: np.ndarray
+    is_anomaly: np.ndarray
+    status: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[float, float, float, float, bool, int]]) -> WindowScores:
+        a = np.array(rows, dtype=np.float64).reshape(-1, 6)
+        return cls(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4].astype(bool), a[:, 5].astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+@dataclass
+class CameraResult:
+    stamp_ns: int
+    scores: np.ndarray | None  # H x W float32 anomaly score at the image size
+    mask: np.ndarray  # H x W bool
+    is_anomaly: bool
+    latency_ms: float  # node: receipt -> summary published; offline: FrameProcessor.process time
+
+
+@dataclass
+class Evaluation:
+    mode: str  # "offline" | "live"
+    bag: Path
+    detectors: dict[str, WindowScores]
+    camera: list[CameraResult]
+    latency: list[dict[str, Any]] = field(default_factory=list)  # rows: stage, p50_ms, p99_ms, count, note
+    counts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def _latency_row(stage: str, samples_ms: list[float] | np.ndarray, note: str = "") -> dict[str, Any]:
+    s = np.asarray(samples_ms, np.float64)
+    s = s[np.isfinite(s)]
+    if not len(s):
+        return {"stage": stage, "p50_ms": float("nan"), "p99_ms": float("nan"), "count": 0, "note": note}
+    return {
+        "stage": stage,
+        "p50_ms": float(np.percentile(s, 50)),
+        "p99_ms": float(np.percentile(s, 99)),
+        "count": len(s),
+        "note": note,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Offline
+# --------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | None = None) -> Evaluation:
+    """Run the nodes' cores on every message of ``bag`` (no DDS) and compute the metrics."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+
+    from flow_anomaly_ros.ros.image_conversion import image_to_rgb
+
+    bag = Path(bag)
+    t_start = time.perf_counter()
+    truth = load_ground_truth(bag)
+    topics = truth["topics"]
+    recording = cores.recording_from_bag(bag, topics["imu"], topics["can"])
+    detectors: dict[str, WindowScores] = {}
+    ts_latency: list[float] = []
+    for name, model_dir in models.ts_models.items():
+        t0 = time.perf_counter()
+        detectors[name] = cores.score_recording(model_dir, recording)
+        if name == models.deployed_detector and len(detectors[name]):
+            ts_latency.append((time.perf_counter() - t0) * 1e3 / len(detectors[name]))
+        if progress is not None:
+            progress(f"scored {name}", None)
+    processor = cores.frame_processor(models)
+    camera: list[CameraResult] = []
+    with BagReader(bag) as reader:
+        for msg in reader.messages([topics["camera"]]):
+            rgb = image_to_rgb(deserialize_message(msg.data, Image))
+            t0 = time.perf_counter()
+            frame = processor.process(rgb)
+            dt_ms = (time.perf_counter() - t0) * 1e3
+            camera.append(
+                CameraResult(msg.stamp_ns, processor.score_image(frame), frame.mask != 0, bool(frame.regions), dt_ms)
+            )
+            if progress is not None:
+                progress("camera frame", 1)
+    ev = Evaluation("offline", bag, detectors, camera)
+    ev.latency = [
+        _latency_row("camera: FrameProcessor.process (inference + scoring)", [c.latency_ms for c in camera]),
+        _latency_row(f"time series: {models.deployed_detector} score_recording, per window", ts_latency),
+    ]
+    ev.counts = {"camera_frames": len(camera), "windows": {k: len(v) for k, v in detectors.items()}}
+    ev.metrics = compute_metrics(ev, truth, load_camera_labels(bag), models.deployed_detector)
+    ev.wall_s = time.perf_counter() - t_start
+    return ev
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Live
+# --------------------------------------------------------------------------------------------------------------
+
+TS_NODE = "timeseries_anomaly_node"
+CAMERA_NODE = "camera_anomaly_node"
+TS_SCORE_TOPIC = f"/{TS_NODE}/score"
+CAMERA_OUTPUTS = {
+    f"/{CAMERA_NODE}/mask": "sensor_msgs/msg/Image",
+    f"/{CAMERA_NODE}/score_map": "sensor_msgs/msg/Image",
+    f"/{CAMERA_NODE}/summary": "flow_anomaly_ros/msg/ImageAnomaly",
+}
+
+
+def node_launches(models: cores.DemoModels, topics: dict[str, str]) -> list:
+    """The two nodes with the demo's parameters (the same values the offline path uses)."""
+    from flow_anomaly_ros.demo.live import NodeLaunch
+
+    ts = NodeLaunch(
+        TS_NODE,
+        "flow_anomaly_ros.ros.timeseries_node",
+        {
+            "model_dir": str(models.ts_models[models.deployed_detector]),
+            "imu_topics": [topics["imu"]],
+            "imu_sources": ["imu"],
+            "can_topic": topics["can"],
+            "input_qos": "reliable",
+            "input_qos_depth": 1000,
+            "output_qos": "reliable",
+            "output_qos_depth": 1000,
+            "retry_period_s": 0.0,
+        },
+    )
+    cam = NodeLaunch(
+        CAMERA_NODE,
+        "flow_anomaly_ros.ros.camera_node",
+        {
+            "image_topic": topics["camera"],
+            "model_path": str(models.seg_model),
+            "backend": models.seg_backend,
+            "device": "cpu",
+            "score_method": models.score_method,
+            "threshold_from_model": models.threshold is None,
+            "threshold": float(models.threshold if models.threshold is not None else 0.5),
+            "min_region_area": models.min_region_area,
+            "publish_overlay": False,
+            "publish_score_map": True,
+            "output_depth": 100,
+            "input_qos": "reliable",
+            "input_depth": 1,
+        },
+    )
+    return [ts, cam]
+
+
+def evaluate_live(
+    bag: str | Path,
+    models: cores.DemoModels,
+    *,
+    rate: float = 1.0,
+    start_nodes: bool = True,
+    outputs_bag: str | Path | None = None,
+    progress: Any | None = None,
+    log_dir: str | Path | None = None,
+) -> Evaluation:
+    """Play ``bag`` through the nodes over DDS, record their outputs and compute the same metrics as offline."""
+    from flow_anomaly_ros.demo.live import replay_and_record
+    from flow_anomaly_ros.demo.live import start_nodes as _start
+
+    bag = Path(bag)
+    t_start = time.perf_counter()
+    truth = load_ground_truth(bag)
+    topics = truth["topics"]
+    outputs_bag = Path(outputs_bag or bag.with_name(bag.name + "_live_outputs"))
+    if outputs_bag.exists():
+        import shutil
+
+        shutil.rmtree(outputs_bag)
+    n_frames = int(truth["message_counts"].get(topics["camera"], 0))
+    running = _start(node_launches(models, topics), log_dir) if start_nodes else None
+    try:
+        run = replay_and_record(
+            bag,
+            outputs_bag,
+            {TS_SCORE_TOPIC: "flow_anomaly_ros/msg/AnomalyScore", **CAMERA_OUTPUTS},
+            rate=rate,
+            input_topics=[topics["imu"], topics["can"], topics["camera"], topics["gps"]],
+            wait_topics=[topics["imu"], topics["can"], topics["camera"]],
+            wait_timeout_s=180.0,
+            outputs_ready=lambda counts: counts.get(f"/{CAMERA_NODE}/summary", 0) >= n_frames,
+            progress=progress,
+        )
+    finally:
+        if running is not None:
+            alive = running.alive()
+            running.stop()
+            dead = [n for n, ok in alive.items() if not ok]
+            if dead:
+                logs = running.logs()
+                tail = "\n".join(f"--- {n} ---\n{logs[n][-3000:]}" for n in dead)
+                raise RuntimeError(f"node(s) {', '.join(dead)} exited during the live run:\n{tail}")
+    ev = outputs_to_evaluation(bag, outputs_bag, models, run.publish_wall_ns, topics)
+    ev.counts.update({"published": run.published, "recorded": run.recorded, "failed_publishes": run.failed_publishes})
+    ev.counts["camera_frames_in_bag"] = n_frames
+    ev.metrics = compute_metrics(ev, truth, load_camera_labels(bag), models.deployed_detector)
+    ev.wall_s = time.perf_counter() - t_start
+    return ev
+
+
+def outputs_to_evaluation(
+    bag: Path,
+    outputs_bag: Path,
+    models: cores.DemoModels,
+    publish_wall_ns: dict[str, dict[int, int]],
+    topics: dict[str, str],
+) -> Evaluation:
+    """Decode the recorded node outputs into an :class:`Evaluation` (metrics not yet computed)."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+
+    from flow_anomaly_ros.msg import AnomalyScore, ImageAnomaly
+    from flow_anomaly_ros.ros.image_conversion import image_to_array
+
+    rows: list[tuple[float, float, float, float, bool, int]] = []
+    ts_e2e: list[float] = []
+    masks: dict[int, np.ndarray] = {}
+    score_maps: dict[int, np.ndarray] = {}
+    summaries: dict[int, tuple[bool, float, int]] = {}
+    input_stamps = np.array(
+        sorted(set(publish_wall_ns.get(topics["imu"], {})) | set(publish_wall_ns.get(topics["can"], {}))), np.int64
+    )
+    input_wall = {**publish_wall_ns.get(topics["imu"], {}), **publish_wall_ns.get(topics["can"], {})}
+    cam_wall = publish_wall_ns.get(topics["camera"], {})
+    with BagReader(outputs_bag) as reader:
+        for m in reader.messages():
+            if m.topic == TS_SCORE_TOPIC:
+                s = deserialize_message(m.data, AnomalyScore)
+                end_ns = s.header.stamp.sec * NS + s.header.stamp.nanosec
+                start_ns = s.window_start.sec * NS + s.window_start.nanosec
+                rows.append((start_ns / NS, end_ns / NS, s.score, s.threshold, bool(s.is_anomaly), int(s.status)))
+                i = np.searchsorted(input_stamps, end_ns, side="right") - 1
+                if i >= 0:
+                    ts_e2e.append((m.stamp_ns - input_wall[int(input_stamps[i])]) / 1e6)
+            elif m.topic.endswith("/mask"):
+                img = deserialize_message(m.data, Image)
+                masks[img.header.stamp.sec * NS + img.header.stamp.nanosec] = image_to_array(img) != 0
+            elif m.topic.endswith("/score_map"):
+                img = deserialize_message(m.data, Image)
+                score_maps[img.header.stamp.sec * NS + img.header.stamp.nanosec] = np.array(image_to_array(img))
+            elif m.topic.endswith("/summary"):
+                s = deserialize_message(m.data, ImageAnomaly)
+                stamp = s.header.stamp.sec * NS + s.header.stamp.nanosec
+                summaries[stamp] = (bool(s.is_anomaly), float(s.latency_ms), m.stamp_ns)
+    camera = []
+    cam_e2e = []
+    for stamp in sorted(summaries):
+        is_anom, lat, recv_ns = summaries[stamp]
+        if stamp not in masks:
+            continue
+        camera.append(CameraResult(stamp, score_maps.get(stamp), masks[stamp], is_anom, lat))
+        if stamp in cam_wall:
+            cam_e2e.append((recv_ns - cam_wall[stamp]) / 1e6)
+    ev = Evaluation("live", bag, {models.deployed_detector: WindowScores.from_rows(rows)}, camera)
+    ev.latency = [
+        _latency_row("camera node: receipt -> summary published", [c.latency_ms for c in camera], "ImageAnomaly"),
+        _latency_row("camera end to end: image published -> summary received", cam_e2e, "over DDS"),
+        _latency_row("time series end to end: newest input in window published -> score received", ts_e2e, "over DDS"),
+    ]
+    ev.counts = {"camera_frames": len(camera), "windows": {models.deployed_detector: len(rows)}}
+    return ev
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics (the time-series and segmentation issues' metric code, applied to the demo's ground truth)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    ev: Evaluation, truth: dict[str, Any], labels: dict[int, np.ndarray], deployed: str
+) -> dict[str, Any]:
+    """Time-series metrics per detector and camera pixel/frame metrics, over the windows/frames ``ev`` holds."""
+    ts_intervals = [iv for iv in truth["intervals"] if iv.get("stream") in ("imu", "can")]
+    out: dict[str, Any] = {"timeseries": {}, "camera": {}}
+    for name, w in ev.detectors.items():
+        out["timeseries"][name] = cores.timeseries_metrics(w, ts_intervals)
+    frames = [c for c in ev.camera if c.stamp_ns in labels]
+    if frames:
+        out["camera"] = cores.camera_metrics(
+            [c.scores for c in frames],
+            [c.mask for c in frames],
+            [labels[c.stamp_ns] for c in frames],
+            [c.is_anomaly for c in frames],
+        )
+        out["camera"]["frames"] = len(frames)
+    out["deployed_detector"] = deployed
+    return out
+
+
+def agreement(offline: Evaluation, live: Evaluation) -> dict[str, Any]:
+    """How far live outputs are from offline ones, message by message (the explanation for any metric gap)."""
+    det = next(iter(live.detectors))
+    off, on = offline.detectors.get(det), live.detectors[det]
+    out: dict[str, Any] = {"detector": det}
+    if off is not None:
+        key_off = {round(e * 1e6): (s, a, st) for e, s, a, st in zip(off.end_s, off.score, off.is_anomaly, off.status)}
+        common = [
+            (key_off[round(e * 1e6)], (s, a, st))
+            for e, s, a, st in zip(on.end_s, on.score, on.is_anomaly, on.status)
+            if round(e * 1e6) in key_off
+        ]
+        out["windows_offline"], out["windows_live"], out["windows_matched"] = len(off), len(on), len(common)
+        if common:
+            d = np.array([abs(a[0] - b[0]) for a, b in common])
+            out["max_abs_score_diff"] = float(d.max())
+            out["decision_agreement"] = float(np.mean([a[1] == b[1] for a, b in common]))
+            out["status_agreement"] = float(np.mean([a[2] == b[2] for a, b in common]))
+    cam_off = {c.stamp_ns: c for c in offline.camera}
+    matched = [(cam_off[c.stamp_ns], c) for c in live.camera if c.stamp_ns in cam_off]
+    out["frames_offline"], out["frames_live"], out["frames_matched"] = (
+        len(offline.camera),
+        len(live.camera),
+        len(matched),
+    )
+    if matched:
+        out["mask_pixel_agreement"] = float(np.mean([np.mean(a.mask == b.mask) for a, b in matched]))
+        diffs = [
+            float(np.max(np.abs(a.scores - b.scores)))
+            for a, b in matched
+            if a.scores is not None and b.scores is not None
+        ]
+        if diffs:
+            out["max_abs_score_map_diff"] = max(diffs)
+    return out

@@ -1,0 +1,181 @@
+"""``make demo`` / ``flow-anomaly demo run``: the whole system on the embedded defaults, end to end.
+
+Steps (each prints progress; cached artefacts are reused, so a warm run takes seconds plus the replay):
+1. the demo bag (``demo.recording``), cached as ``<cache>/bag-<hash>``;
+2. the time-series models (RealNVP and the paper's baselines), cached as ``<cache>/ts-<hash>-<detector>``;
+3. the mobilenet DeepLabV3 segmentation model with the anomaly class, fine-tuned on generated street scenes with
+   pasted anomaly patches and exported to ONNX, cached as ``<cache>/seg-<hash>``;
+4. offline evaluation (every detector, camera frames) on the bag, without DDS;
+5. live run: the two nodes start as processes, the bag is replayed over DDS, their outputs are recorded;
+6. the report, ``demo/report/index.html`` with PNGs, and where to find it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flow_anomaly_ros.demo.config import DemoConfig, cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_REPORT_DIR = Path("demo/report")
+
+
+class Progress:
+    """Stage headers with timings ('[2/6] ...'), and tqdm bars for the long loops inside a stage."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.index = 0
+        self.stream = stream or sys.stderr
+        self.timings: list[dict[str, Any]] = []
+        self._t0 = time.perf_counter()
+        self._stage_t0: float | None = None
+        self._stage: str | None = None
+
+    def stage(self, title: str, cached: bool | None = None) -> None:
+        self.end()
+        self.index += 1
+        note = "" if cached is None else (" (cached)" if cached else " (not cached: building)")
+        print(f"[{self.index}/{self.total}] {title}{note}", file=self.stream, flush=True)
+        self._stage, self._stage_t0 = title + note, time.perf_counter()
+
+    def info(self, text: str) -> None:
+        print(f"      {text}", file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self._stage is not None and self._stage_t0 is not None:
+            dt = time.perf_counter() - self._stage_t0
+            self.timings.append({"step": self._stage, "seconds": round(dt, 1)})
+            print(f"      done in {dt:.1f} s", file=self.stream, flush=True)
+        self._stage = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._t0
+
+
+def _build_cached(path: Path, build: Callable[[Path], Any], no_cache: bool) -> bool:
+    """Build ``path`` atomically via ``build(tmp)`` unless it exists; returns True when it was cached."""
+    if path.exists() and not no_cache:
+        return True
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    build(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return False
+
+
+def ensure_bag(cfg: DemoConfig, cache: Path, no_cache: bool = False, progress: Progress | None = None) -> Path:
+    from flow_anomaly_ros.demo.recording import make_demo_bag
+
+    path = cache / f"bag-{cfg.bag_key()}"
+
+    def build(tmp: Path) -> None:
+        make_demo_bag(tmp, cfg, progress=(lambda s, f: progress.info(s)) if progress else None)
+
+    _build_cached(path, build, no_cache)
+    return path
+
+
+def ensure_models(cfg: DemoConfig, cache: Path, no_cache: bool = False, progress: Progress | None = None) -> Any:
+    """Train (or reuse) every model the demo needs; returns DemoModels."""
+    from flow_anomaly_ros.demo import training
+    from flow_anomaly_ros.demo.cores import DemoModels
+
+    ts_models = {}
+    for det in (cfg.detector, *cfg.baselines):
+        path = cache / f"ts-{cfg.ts_model_key(det)}-{det}"
+        cached = path.exists() and not no_cache
+        if progress:
+            progress.info(f"time-series detector {det}: {'cached' if cached else 'training'} -> {path}")
+        _build_cached(path, lambda tmp, d=det: training.train_timeseries(cfg, d, tmp), no_cache)
+        ts_models[det] = path
+    seg = cache / f"seg-{cfg.seg_model_key()}"
+    cached = seg.exists() and not no_cache
+    if progress:
+        progress.info(f"segmentation model {cfg.seg_backbone}: {'cached' if cached else 'fine-tuning'} -> {seg}")
+    _build_cached(seg, lambda tmp: training.train_segmentation(cfg, tmp), no_cache)
+    return DemoModels(ts_models=ts_models, seg_model=seg, deployed_detector=cfg.detector)
+
+
+def models_for_bag(bag: Path, cache: Path | None = None) -> Any:
+    """The cached models that belong to a demo bag (from the config stored in its ground truth)."""
+    from flow_anomaly_ros.demo.cores import DemoModels
+    from flow_anomaly_ros.demo.recording import load_ground_truth
+
+    cfg = DemoConfig(**_config_from_dict(load_ground_truth(bag)["config"]))
+    cache = cache or cache_dir()
+    ts = {d: cache / f"ts-{cfg.ts_model_key(d)}-{d}" for d in (cfg.detector, *cfg.baselines)}
+    seg = cache / f"seg-{cfg.seg_model_key()}"
+    missing = [str(p) for p in (*ts.values(), seg) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            "models for this bag are not in the cache: " + ", ".join(missing) + " (run `flow-anomaly demo run` "
+            "once, or pass --ts-model/--seg-model)"
+        )
+    return DemoModels(ts_models=ts, seg_model=seg, deployed_detector=cfg.detector)
+
+
+def _config_from_dict(d: dict[str, Any]) -> dict[str, Any]:
+    out = dict(d)
+    for k, v in out.items():
+        if isinstance(v, list):
+            out[k] = tuple(v)
+    return out
+
+
+def run_demo(
+    cfg: DemoConfig,
+    report_dir: Path = DEFAULT_REPORT_DIR,
+    cache: Path | None = None,
+    no_cache: bool = False,
+    live: bool = True,
+) -> Path:
+    """Run the whole demo and return the report's index.html."""
+    from tqdm import tqdm
+
+    from flow_anomaly_ros.demo.evaluate import agreement, evaluate_live, evaluate_offline
+    from flow_anomaly_ros.demo.recording import load_ground_truth
+    from flow_anomaly_ros.demo.report import write_report
+
+    cache = cache or cache_dir()
+    p = Progress(6 if live else 5)
+    bag_path = cache / f"bag-{cfg.bag_key()}"
+    p.stage(f"demo bag -> {bag_path}", cached=bag_path.exists() and not no_cache)
+    bag = ensure_bag(cfg, cache, no_cache, p)
+    truth = load_ground_truth(bag)
+    p.info(f"{truth['end_s'] - truth['start_s']:.0f} s, messages: {truth['message_counts']}")
+
+    p.stage("models (time series + segmentation)")
+    models = ensure_models(cfg, cache, no_cache, p)
+
+    p.stage("offline evaluation (the nodes' cores on the bag, no DDS)")
+    n_frames = int(truth["message_counts"].get(truth["topics"]["camera"], 0))
+    with tqdm(total=n_frames, desc="      camera frames", unit="frame", file=sys.stderr, leave=False) as bar:
+        offline = evaluate_offline(bag, models, progress=lambda s, n: bar.update(n) if n else p.info(s))
+    live_ev = None
+    agree = None
+    if live:
+        p.stage(f"live run: nodes as processes, bag replayed over DDS at {cfg.replay_rate}x, outputs recorded")
+        total = sum(truth["message_counts"].values())
+        with tqdm(total=total, desc="      replay", unit="msg", file=sys.stderr, leave=False) as bar:
+            live_ev = evaluate_live(bag, models, rate=cfg.replay_rate, progress=bar, log_dir=cache / "logs")
+        agree = agreement(offline, live_ev)
+        p.info(f"agreement: {agree}")
+    p.stage(f"report -> {report_dir}/index.html")
+    p.end()
+    timings = [*p.timings, {"step": "total", "seconds": round(p.elapsed_s, 1)}]
+    index = write_report(report_dir, bag, offline, live_ev, agree, timings)
+    p.end()
+    print(f"\nReport: {index.resolve()}", flush=True)
+    print(f"Total {p.elapsed_s:.0f} s. Cache: {cache}", flush=True)
+    return index
