@@ -232,6 +232,14 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         self.backend = None
         self.processor = None
 
+    def destroy_node(self) -> None:
+        """Stop the worker before the publishers go away (clean SIGINT/SIGTERM shutdown)."""
+        try:
+            self.deactivate_core()
+        except Exception as exc:  # a context that is already shut down cannot destroy subscriptions
+            self.get_logger().debug(f"deactivate on destroy: {exc}")
+        super().destroy_node()
+
     # ----- data path --------------------------------------------------------------------------------------------
     def _wanted(self) -> bool:
         """False in lazy mode while nobody subscribes to any output."""
