@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -64,6 +65,11 @@ def _check_topics(value: Any) -> str | None:
 PARAMS: tuple[Param, ...] = (
     Param("model_dir", "", "trained time-series model directory (written by `flow-anomaly ts train`)"),
     Param("dbc_file", "", "DBC file that decodes the CAN frames (empty: the DBC recorded in the model)"),
+    Param(
+        "contributions",
+        True,
+        "publish per-feature contributions (occlusion attribution: one extra model pass per feature and window)",
+    ),
     Param("imu_topics", ["imu/data"], "sensor_msgs/Imu topics, one per IMU source", check=_check_topics),
     Param("imu_sources", ["imu"], "model source name of each entry of imu_topics (same length)"),
     Param("can_topic", "from_can_bus", "can_msgs/msg/Frame topic of ros2_socketcan (empty: no CAN input)"),
@@ -80,11 +86,22 @@ PARAMS: tuple[Param, ...] = (
         choices=("header", "receipt"),
     ),
     Param("queue_size", 10000, "bounded input queue between callbacks and scoring (full: drop and count)", min=8),
+    Param(
+        "max_input_wait_s",
+        0.5,
+        "wait at most this long (message time) for the slowest input topic before scoring a window without it",
+        min=0.0,
+        max=10.0,
+    ),
     Param("clock_jump_back_s", 1.0, "a stamp this far behind the newest one is a clock jump: reset", min=0.001),
     Param(
         "input_timeout_s", 1.0, "all inputs silent this long (node clock): advance time so windows go STALE", min=0.0
     ),
 )
+
+
+class ModelError(RuntimeError):
+    """The model is missing, corrupt or does not match the configured inputs (MODEL_ERROR)."""
 
 
 class BoundedQueue:
@@ -156,7 +173,9 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
     def _reset_stats(self) -> None:
         self.received: Counter[str] = Counter()  # per input source
         self.lost_in_transport: Counter[str] = Counter()  # per input source, reported by the middleware
-        self.invalid: Counter[str] = Counter()  # per rejection reason
+        self.received_can_id: Counter[int] = Counter()
+        self.rejected = 0  # messages the core (or the node) refused; categories are in the core's counters
+        self.last_rejection = ""
         self.windows_by_status: Counter[str] = Counter()
         self.windows_published = 0
         self.anomalies = 0
@@ -168,10 +187,11 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self.last_processing_error = ""
         self.last_result = None
         self._newest_stamp = -math.inf
+        self._newest_by_input: dict[str, float] = {}  # message time reached by each input topic
         self._last_receipt_clock = None
         self._drop_lo, self._drop_hi = math.inf, -math.inf  # stamps of dropped messages not yet covered by windows
         self._last_rate_snapshot: tuple[float, Counter[str]] | None = None
-        self._rates: dict[str, float] = {}
+        self._rates: tuple[dict[str, float], dict[int, float]] = ({}, {})
         self.proc_latency = LatencyWindow(4000)  # receipt -> event processed (pushed, windows scored and published)
         self.score_latency = LatencyWindow(1000)  # receipt of the message closing a window -> its score published
 
@@ -193,14 +213,10 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         return problems
 
     def configure_core(self, params: dict[str, Any]) -> None:
-        from flow_anomaly_ros.model_store import ModelFileError
-        from flow_anomaly_ros.timeseries.pipeline import StreamingScorer
-
         self.model_error = None
         try:
-            self.scorer = StreamingScorer.from_model_dir(params["model_dir"])
-            self._check_inputs_match_model(params)
-        except ModelFileError as exc:
+            self.scorer = self._load_scorer(params)
+        except ModelError as exc:
             self.scorer = None
             self.model_error = str(exc)
             raise
@@ -213,23 +229,31 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             f"{len(self.scorer.feature_names)} features from signals {list(self.scorer.signal_names)}"
         )
 
-    def _check_inputs_match_model(self, params: dict[str, Any]) -> None:
-        """The model's signals must all be fed by a configured input (else: ModelFileError = MODEL_ERROR)."""
-        from flow_anomaly_ros.model_store import ModelFileError
+    def _load_scorer(self, params: dict[str, Any]) -> Any:
+        """Load the model, check it against the configured inputs and build the core's streaming scorer.
 
-        missing = []
-        imu_sources = set(params["imu_sources"])
-        for name in self.scorer.signal_names:
-            source = name.split(".", 1)[0]
-            if source == "can":
-                if not params["can_topic"]:
-                    missing.append(f"{name} (can_topic is empty)")
-            elif source not in imu_sources:
-                missing.append(f"{name} (no IMU source {source!r} in imu_sources {sorted(imu_sources)})")
-        if missing:
-            raise ModelFileError(
-                f"model {params['model_dir']} does not match the configured inputs: no input for {', '.join(missing)}"
+        Raises :class:`ModelError` (reported as MODEL_ERROR) when the model directory is missing or corrupt, or when
+        the model needs inputs this node is not configured for (IMU sources, CAN, another DBC).
+        """
+        from flow_anomaly_ros.model_store import ModelFileError
+        from flow_anomaly_ros.timeseries.pipeline import StreamingScorer, load_timeseries_model
+        from flow_anomaly_ros.timeseries.signals import ConfigError, check_compatible
+
+        try:
+            model = load_timeseries_model(params["model_dir"])
+            check_compatible(
+                model.config,
+                {
+                    "imu_sources": params["imu_sources"],
+                    "dbc": params["dbc_file"] or None,
+                    "can_enabled": bool(params["can_topic"]),
+                },
             )
+            if params["dbc_file"]:  # decode with the given file (same DBC name as the model's, checked above)
+                model.config = dataclasses.replace(model.config, dbc=params["dbc_file"])
+            return StreamingScorer(model, with_contributions=params["contributions"])
+        except (ModelFileError, ConfigError, FileNotFoundError) as exc:
+            raise ModelError(str(exc)) from exc
 
     def activate_core(self) -> None:
         params = self.params
@@ -303,8 +327,9 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         t_recv = time.perf_counter()
         event = can_event(msg, self._stamp_override())
         self.received["can"] += 1
+        self.received_can_id[event[1]] += 1
         if msg.is_rtr:
-            self.invalid["remote (RTR) frame, not data"] += 1
+            self._reject("can: remote (RTR) frame carries no data")
             return
         if not self._queue.put((t_recv, "can", "can", event)):
             self._note_drop(event[0])
@@ -330,25 +355,35 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
 
     def _process(self, batch: list[Any]) -> None:
         scorer = self.scorer
+        featurizer = scorer.featurizer
         jump = self.params["clock_jump_back_s"]
+        max_wait = self.params["max_input_wait_s"]
+        newest_of = self._newest_by_input
         for t_recv, kind, source, event in batch:
             stamp = event[0]
-            if not math.isfinite(stamp):
-                self.invalid["non-finite stamp"] += 1
-                continue
+            results = None
             with self._core_lock:
-                if stamp < self._newest_stamp - jump:
+                newest = newest_of.get(source, -math.inf)
+                if stamp < newest - jump:  # compared within one topic: topics arrive in order, not in step
                     self._reset_core(
-                        f"clock jumped back {self._newest_stamp - stamp:.3f} s (looping bag?): state reset"
+                        f"clock jumped back {newest - stamp:.3f} s on {source} (looping bag?): state reset"
                     )
                 if kind == "imu":
                     reason = scorer.push_imu(stamp, event[1], event[2], source=source)
                 else:
                     reason = scorer.push_can(stamp, event[1], event[2], event[3], event[4], event[5])
                 if reason is not None:
-                    self.invalid[reason] += 1
-                self._newest_stamp = max(self._newest_stamp, stamp)
-                results = scorer.poll(self._newest_stamp)
+                    self._reject(reason)
+                # Every event moves its input's message time on, as offline (a NaN stamp never does).
+                if stamp > newest_of.get(source, -math.inf):
+                    newest_of[source] = stamp
+                    self._newest_stamp = max(self._newest_stamp, stamp)
+                    # Watermark: a window is final once every input passed its end (each topic arrives in order),
+                    # or once the slowest input lags more than max_input_wait_s (it then shows up as stale).
+                    horizon = max(min(newest_of.values()), self._newest_stamp - max_wait)
+                    next_end = featurizer.next_window_end
+                    if next_end is not None and horizon >= next_end:
+                        results = scorer.poll(horizon)
             if results:
                 self._publish(results, t_recv)
         self._last_receipt_clock = self.get_clock().now().nanoseconds * 1e-9
@@ -357,6 +392,10 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             for t_recv, *_ in batch:
                 self.proc_latency.add(done - t_recv)
 
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.last_rejection = reason
+
     def _reset_core(self, reason: str) -> None:
         self.scorer.reset(reason)
         self.resets += 1
@@ -364,6 +403,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._pending_reset_note = reason
         self._last_reset_clock = self.get_clock().now().nanoseconds * 1e-9
         self._newest_stamp = -math.inf
+        self._newest_by_input.clear()
         with self._stats_lock:
             self._drop_lo, self._drop_hi = math.inf, -math.inf
         self.get_logger().warn(reason)
@@ -377,8 +417,9 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         if silent_s <= timeout:
             return
         t0 = time.perf_counter()
+        horizon = self._newest_stamp + silent_s - self.params["max_input_wait_s"]
         with self._core_lock:
-            results = self.scorer.poll(self._newest_stamp + silent_s)
+            results = self.scorer.poll(horizon)
         if results:
             self._publish(results, t0, count_latency=False)
 
@@ -439,23 +480,48 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             )
         return super()._diagnostics_items()
 
-    def _input_rates(self) -> dict[str, float]:
-        now = time.monotonic()
-        snapshot = Counter(self.received)
+    def _input_rates(self) -> tuple[dict[str, float], dict[int, float]]:
+        """Receive rates (Hz, node clock) per input source and per CAN id since the previous report."""
+        now = self.get_clock().now().nanoseconds * 1e-9
+        snapshot = (Counter(self.received), Counter(self.received_can_id))
         if self._last_rate_snapshot is not None:
             t_prev, prev = self._last_rate_snapshot
             if now - t_prev > 0:
-                self._rates = {k: (snapshot[k] - prev[k]) / (now - t_prev) for k in snapshot}
+                self._rates = tuple(
+                    {k: (cur[k] - old[k]) / (now - t_prev) for k in cur} for cur, old in zip(snapshot, prev)
+                )
         self._last_rate_snapshot = (now, snapshot)
         return self._rates
+
+    def _signal_status(self, source_rates: dict[str, float], id_rates: dict[int, float]) -> tuple[dict, list[str]]:
+        """Per model signal: input rate (its IMU topic or CAN id) and whether it is stale in message time."""
+        config = self.scorer.config
+        featurizer = self.scorer.featurizer
+        rates, stale = {}, []
+        db = None
+        for spec, buf in zip(config.signals, featurizer.buffers):
+            if spec.is_imu:
+                rates[spec.name] = source_rates.get(spec.imu_source, 0.0)
+            else:
+                if db is None:
+                    from flow_anomaly_ros.timeseries.signals import load_dbc
+
+                    db = load_dbc(config.dbc)
+                rates[spec.name] = id_rates.get(db.get_message_by_name(spec.can_message).frame_id, 0.0)
+            last = buf.last_stamp
+            if math.isfinite(self._newest_stamp) and (last is None or self._newest_stamp - last > spec.staleness_s):
+                stale.append(spec.name)
+        return rates, stale
 
     def health(self) -> Health:
         with self._stats_lock:
             proc, score = self.proc_latency.summary_ms(), self.score_latency.summary_ms()
         with self._core_lock:
-            counters = dict(getattr(self.scorer, "counters", {}) or {})
-        rates = self._input_rates()
+            counters = dict(self.scorer.counters)
+            signal_rates, stale = self._signal_status(*self._input_rates())
         last = self.last_result
+        dropped = self._queue.dropped
+        lost = sum(self.lost_in_transport.values())
         values: dict[str, Any] = {
             "model_id": self.scorer.model_id,
             "threshold": float(self.scorer.threshold),
@@ -463,30 +529,34 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             "anomalies": self.anomalies,
             "last_status": STATUS_NAMES.get(last.status, "?") if last is not None else "none yet",
             "last_score": float(last.score) if last is not None else float("nan"),
-            "dropped": self._queue.dropped,
+            "stale_signals": ",".join(stale),
+            "dropped": dropped,
+            "lost_in_transport": lost,
+            "rejected": self.rejected,
+            "last_rejection": self.last_rejection,
             "queue_depth": len(self._queue),
             "queue_size": self._queue.capacity,
-            "invalid": sum(self.invalid.values()),
             "resets": self.resets,
             "processing_latency_p50_ms": proc["p50_ms"],
             "processing_latency_p99_ms": proc["p99_ms"],
             "score_latency_p50_ms": score["p50_ms"],
             "score_latency_p99_ms": score["p99_ms"],
         }
-        values.update({f"rate_hz.{source}": rate for source, rate in sorted(rates.items())})
-        values.update({f"invalid.{reason}": n for reason, n in sorted(self.invalid.items())})
-        values.update({f"windows.{name}": n for name, n in sorted(self.windows_by_status.items())})
+        values.update({f"received.{k}": n for k, n in sorted(self.received.items())})
+        values.update({f"rate_hz.{k}": r for k, r in sorted(self._rates[0].items())} if self._rates else {})
+        values.update({f"signal_rate_hz.{k}": r for k, r in signal_rates.items()})
+        values.update({f"windows.{k}": n for k, n in sorted(self.windows_by_status.items())})
         values.update({f"core.{k}": v for k, v in sorted(counters.items())})
-        stale = sorted(getattr(last, "stale_signals", []) or []) if last is not None else []
-        values["stale_signals"] = ",".join(stale) if stale else ""
         level, message = OK, "scoring"
-        if last is not None and last.status != STATUS_OK:
-            level, message = WARN, f"{STATUS_NAMES.get(last.status, '?')}: {last.status_message}"
-        elif last is None:
+        if last is None:
             level, message = WARN, "no window scored yet (waiting for input)"
-        if self._queue.dropped or self.invalid:
+        elif last.status != STATUS_OK:
+            level, message = WARN, f"{STATUS_NAMES.get(last.status, '?')}: {last.status_message}"
+        if stale:
+            level, message = WARN, f"{message}; stale: {', '.join(stale)}"
+        if dropped or lost or self.rejected:
             level = max(level, WARN)
-            message += f"; {self._queue.dropped} dropped, {sum(self.invalid.values())} invalid messages"
+            message += f"; {dropped} dropped, {lost} lost in transport, {self.rejected} rejected messages"
         now = self.get_clock().now().nanoseconds * 1e-9
         if self.resets and now - self._last_reset_clock < RESET_NOTICE_S:
             level, message = max(level, WARN), f"{message}; {self.last_reset_reason}"
