@@ -81,6 +81,15 @@ class AnomalyPixelAccumulator:
         self._scores.append(s)
         self._labels.append(y)
 
+    def threshold_at_tpr(self, tpr: float = 0.95) -> float:
+        """Largest threshold whose true-positive rate (``score >= threshold``) is at least ``tpr``."""
+        if not 0.0 < tpr <= 1.0:
+            raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+        pos = np.concatenate([s[y == 1] for s, y in zip(self._scores, self._labels)]) if self._scores else []
+        if len(pos) == 0:
+            raise ValueError("no anomaly pixels were added")
+        return float(np.quantile(pos, 1.0 - tpr, method="lower"))
+
     def compute(self) -> dict[str, float]:
         if not self._scores:
             raise ValueError("no images were added")
