@@ -46,13 +46,13 @@ class DemoConfig:
     baselines: tuple[str, ...] = ("iforest", "ocsvm", "autoencoder", "elliptic")
     # camera: procedural street scenes (generated), modest size and rate so the bag and the replay stay small
     camera_hz: float = 2.0
-    camera_height: int = 192
-    camera_width: int = 384
+    camera_height: int = 128
+    camera_width: int = 256
     camera_anomaly_fraction: float = 0.4
     # segmentation model: mobilenet DeepLabV3, fine-tuned on generated scenes with pasted anomaly patches
     seg_backbone: str = "mobilenet_v3_large"
-    seg_train_steps: int = 300
-    seg_train_size: tuple[int, int] = (192, 384)
+    seg_train_steps: int = 200
+    seg_train_size: tuple[int, int] = (96, 192)  # crops; the network is fully convolutional and runs at 128x256
     seg_batch_size: int = 4
     # replay
     replay_rate: float = 1.0
@@ -65,10 +65,10 @@ class DemoConfig:
             bag_duration_s=12.0,
             baselines=("iforest", "elliptic"),
             camera_hz=2.0,
-            camera_height=96,
-            camera_width=192,
-            seg_train_steps=20,
-            seg_train_size=(96, 192),
+            camera_height=64,
+            camera_width=128,
+            seg_train_steps=8,
+            seg_train_size=(64, 128),
             seg_batch_size=2,
             replay_rate=2.0,
         )

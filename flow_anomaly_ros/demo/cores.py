@@ -26,7 +26,7 @@ class DemoModels:
     """The models the demo runs, and the camera decision parameters shared by node and offline path."""
 
     ts_models: dict[str, Path]  # detector name -> model directory
-    seg_model: Path
+    seg_model: Path | None
     deployed_detector: str = "realnvp"
     seg_backend: str = "onnxruntime"
     score_method: str = "anomaly_prob"

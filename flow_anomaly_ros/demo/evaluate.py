@@ -152,10 +152,20 @@ CAMERA_OUTPUTS = {
 
 
 def node_launches(models: cores.DemoModels, topics: dict[str, str]) -> list:
-    """The two nodes with the demo's parameters (the same values the offline path uses)."""
+    """The nodes with the demo's parameters (the same values the offline path uses); a node without a model is
+    left out (camera-only or time-series-only evaluation)."""
     from flow_anomaly_ros.demo.live import NodeLaunch
 
-    ts = NodeLaunch(
+    launches = []
+    if models.deployed_detector in models.ts_models:
+        launches.append(_ts_launch(NodeLaunch, models, topics))
+    if models.seg_model is not None:
+        launches.append(_camera_launch(NodeLaunch, models, topics))
+    return launches
+
+
+def _ts_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, str]) -> Any:
+    return NodeLaunch(
         TS_NODE,
         "flow_anomaly_ros.ros.timeseries_node",
         {
@@ -170,7 +180,10 @@ def node_launches(models: cores.DemoModels, topics: dict[str, str]) -> list:
             "retry_period_s": 0.0,
         },
     )
-    cam = NodeLaunch(
+
+
+def _camera_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, str]) -> Any:
+    return NodeLaunch(
         CAMERA_NODE,
         "flow_anomaly_ros.ros.camera_node",
         {
@@ -189,7 +202,6 @@ def node_launches(models: cores.DemoModels, topics: dict[str, str]) -> list:
             "input_depth": 1,
         },
     )
-    return [ts, cam]
 
 
 def evaluate_live(
@@ -246,6 +258,15 @@ def evaluate_live(
     return ev
 
 
+def _float_image(img: Any) -> np.ndarray:
+    """A 32FC1 ``sensor_msgs/Image`` (the camera node's ``~/score_map``) as an H x W float32 array."""
+    if img.encoding != "32FC1":
+        raise ValueError(f"expected a 32FC1 score map, got encoding {img.encoding!r}")
+    dtype = np.dtype(">f4" if img.is_bigendian else "<f4")
+    rows = np.frombuffer(img.data, np.uint8).reshape(img.height, img.step)
+    return rows[:, : img.width * 4].copy().view(dtype).astype(np.float32).reshape(img.height, img.width)
+
+
 def outputs_to_evaluation(
     bag: Path,
     outputs_bag: Path,
@@ -266,10 +287,11 @@ def outputs_to_evaluation(
     score_maps: dict[int, np.ndarray] = {}
     summaries: dict[int, tuple[bool, float, int]] = {}
     input_stamps = np.array(
-        sorted(set(publish_wall_ns.get(topics["imu"], {})) | set(publish_wall_ns.get(topics["can"], {}))), np.int64
+        sorted(set(publish_wall_ns.get(topics.get("imu"), {})) | set(publish_wall_ns.get(topics.get("can"), {}))),
+        np.int64,
     )
-    input_wall = {**publish_wall_ns.get(topics["imu"], {}), **publish_wall_ns.get(topics["can"], {})}
-    cam_wall = publish_wall_ns.get(topics["camera"], {})
+    input_wall = {**publish_wall_ns.get(topics.get("imu"), {}), **publish_wall_ns.get(topics.get("can"), {})}
+    cam_wall = publish_wall_ns.get(topics.get("camera"), {})
     with BagReader(outputs_bag) as reader:
         for m in reader.messages():
             if m.topic == TS_SCORE_TOPIC:
@@ -285,7 +307,7 @@ def outputs_to_evaluation(
                 masks[img.header.stamp.sec * NS + img.header.stamp.nanosec] = image_to_array(img) != 0
             elif m.topic.endswith("/score_map"):
                 img = deserialize_message(m.data, Image)
-                score_maps[img.header.stamp.sec * NS + img.header.stamp.nanosec] = np.array(image_to_array(img))
+                score_maps[img.header.stamp.sec * NS + img.header.stamp.nanosec] = _float_image(img)
             elif m.topic.endswith("/summary"):
                 s = deserialize_message(m.data, ImageAnomaly)
                 stamp = s.header.stamp.sec * NS + s.header.stamp.nanosec
@@ -299,7 +321,8 @@ def outputs_to_evaluation(
         camera.append(CameraResult(stamp, score_maps.get(stamp), masks[stamp], is_anom, lat))
         if stamp in cam_wall:
             cam_e2e.append((recv_ns - cam_wall[stamp]) / 1e6)
-    ev = Evaluation("live", bag, {models.deployed_detector: WindowScores.from_rows(rows)}, camera)
+    detectors = {models.deployed_detector: WindowScores.from_rows(rows)} if models.ts_models else {}
+    ev = Evaluation("live", bag, detectors, camera)
     ev.latency = [
         _latency_row("camera node: receipt -> summary published", [c.latency_ms for c in camera], "ImageAnomaly"),
         _latency_row("camera end to end: image published -> summary received", cam_e2e, "over DDS"),

@@ -186,12 +186,15 @@ def camera_frames(cfg: DemoConfig, t0_s: float, duration_s: float) -> list[Camer
         start += length
     frames = []
     for i in range(n):
-        seed = scene_seed(cfg.seed + 1000, i)
-        scene = generate_scene(
-            cfg.camera_height, cfg.camera_width, seed, num_anomalies=int(rng.integers(1, 3)) if anomalous[i] else 0
-        )
+        count = int(rng.integers(1, 3)) if anomalous[i] else 0
+        for attempt in range(8):  # an object hidden behind a nearer car leaves no visible pixel: redraw the scene
+            seed = scene_seed(cfg.seed + 1000 + 100_000 * attempt, i)
+            scene = generate_scene(cfg.camera_height, cfg.camera_width, seed, num_anomalies=count)
+            if not count or scene.anomaly_mask.any():
+                break
         stamp = t0_s + (i + 0.5) / cfg.camera_hz
-        frames.append(CameraFrame(stamp, scene.image, scene.anomaly_mask, scene.anomaly_kinds, seed))
+        kinds = scene.anomaly_kinds if scene.anomaly_mask.any() else []
+        frames.append(CameraFrame(stamp, scene.image, scene.anomaly_mask, kinds, seed))
     return frames
 
 
