@@ -300,6 +300,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, patch_source: Any = Non
         t0 = time.perf_counter()
         for step in range(start, total):
             rng = np.random.default_rng([cfg.train.seed, info.rank, step])
+            torch.manual_seed(int(rng.integers(2**62)))  # dropout masks too are a function of (seed, rank, step)
             images, labels = images_src.batch(rng, cfg.train.batch_size)
             images, labels, _ = paste_batch(images, labels, source, rng, p.per_image, p.probability, **paste_kwargs)
             x = torch.from_numpy(preprocess(images, spec.mean, spec.std, pad_multiple=1).batch).to(info.device)
