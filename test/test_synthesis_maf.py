@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flow_anomaly_ros.flows.maf import MAFConfig, MAFTrainer, build_maf, sample_with_temperature
+from flow_anomaly_ros.flows.maf import MAFConfig, MAFTrainer, build_maf, fast_inverse, sample_with_temperature
 from flow_anomaly_ros.model_store import ModelFileError
 from flow_anomaly_ros.synthesis.patch_flow import PatchFlow, train_patch_flow
 from flow_anomaly_ros.synthesis.patches import PatchCodec, extract_patches, iter_image_dir
@@ -88,6 +88,28 @@ def test_maf_is_autoregressive_with_permutations_and_reproducible():
     torch.testing.assert_close(build_maf(TINY).log_prob(x), flow.log_prob(x))
     with pytest.raises(ValueError, match="permutation"):
         MAFConfig(features=4, permutation="shuffle")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MAFConfig(features=12, num_transforms=2, hidden_features=16),
+        MAFConfig(features=12, num_transforms=2, hidden_features=5, num_blocks=3, permutation="reverse"),
+        MAFConfig(features=10, num_transforms=2, hidden_features=24, use_residual_blocks=True),
+    ],
+)
+def test_fast_inverse_matches_nflows_inverse(cfg):
+    flow = build_maf(cfg).eval()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # away from the near-identity initialisation
+    z = torch.randn(64, cfg.features)
+    x_ref, lad_ref = flow._transform.inverse(z)
+    x, lad = fast_inverse(flow, z)
+    torch.testing.assert_close(x, x_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lad, lad_ref, rtol=1e-4, atol=1e-4)
+    z_back, _ = flow._transform(x)
+    torch.testing.assert_close(z_back, z, rtol=1e-3, atol=1e-3)
 
 
 def test_temperature_sampling_returns_the_flows_own_log_likelihood():
