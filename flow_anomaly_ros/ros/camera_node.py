@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
@@ -72,6 +73,31 @@ def _color_check(value: Any) -> str | None:
     return None
 
 
+def mirror_model_into(model_path: str, cache_dir: str) -> str:
+    """The model path to load; with an engine cache directory, a mirror of the model made of symlinks inside it.
+
+    The runtime caches TensorRT engines next to the ONNX file it loads. Loading the model through a mirror in
+    ``cache_dir`` therefore puts the engines there, which is what a read-only model location (``/opt``, a package's
+    share directory) needs. Without ``cache_dir``, or for a path that does not exist (the backend reports it), the
+    path is returned unchanged.
+    """
+    source = Path(model_path).expanduser().resolve()
+    if not cache_dir or not source.exists():
+        return model_path
+    mirror = Path(cache_dir).expanduser() / (source.stem if source.is_file() else source.name)
+    mirror.mkdir(parents=True, exist_ok=True)
+    files = [source] if source.is_file() else [f for f in source.iterdir() if f.is_file()]
+    for target in files:
+        if ".engine" in target.name or target.name.endswith(".calib"):
+            continue  # engines and calibration caches belong to the cache, not to the model
+        link = mirror / target.name
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target)
+    return str(mirror / source.name) if source.is_file() else str(mirror)
+
+
 class CameraAnomalyNode(ManagedAnomalyNode):
     """Lifecycle node: configure loads the backend, activate subscribes and starts the worker."""
 
@@ -89,7 +115,12 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         Param("model_path", "", "segmentation model directory or .onnx file (required)"),
         Param("device", "cpu", "cpu, cuda, cuda:N or auto (auto/cuda try the GPU backends first)"),
         Param("precision", "fp32", "fp32, fp16 or int8 (fp16/int8 need TensorRT)", choices=("fp32", "fp16", "int8")),
-        Param("engine_cache_dir", "", "directory for TensorRT engines (empty = next to the ONNX file)"),
+        Param(
+            "engine_cache_dir",
+            "",
+            "directory for TensorRT engines (empty = next to the ONNX file); the model is "
+            "loaded through symlinks in it",
+        ),
         Param(
             "input_size",
             [0, 0],
@@ -163,11 +194,9 @@ class CameraAnomalyNode(ManagedAnomalyNode):
 
         from flow_anomaly_ros.runtime import load_backend
 
-        options = {}
-        if params["engine_cache_dir"] and params["backend"] == "tensorrt":
-            options["cache_dir"] = params["engine_cache_dir"]
+        model_path = mirror_model_into(params["model_path"], params["engine_cache_dir"])
         self.backend = load_backend(
-            params["backend"], params["model_path"], device=params["device"], precision=params["precision"], **options
+            params["backend"], model_path, device=params["device"], precision=params["precision"]
         )
         spec = self.backend.spec
         if any(params["input_size"]):

@@ -6,7 +6,7 @@ The node owns no algorithm: logits come from :mod:`flow_anomaly_ros.runtime` (``
 ``backend.predict``. This module only arranges those calls so that a frame costs little more than the network:
 
 - scores are computed in row chunks (``score_map`` is per pixel; chunks of ~1 MPix keep the 20-channel softmax in
-  cache, ~2x faster than one call on a 1024x2048 frame, bit-identical);
+  cache, ~2x faster than one call on a 1024x2048 frame, equal up to float rounding);
 - everything is decided at the network resolution and resized ONCE to the image size (the mask by nearest
   neighbour, the score map bilinearly and only when it is published);
 - connected components (scipy.ndimage, 8-connectivity) run on the network-resolution mask and their boxes and areas
