@@ -63,15 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=0, help="QoS history depth (0: profile default)")
     parser.add_argument("--speed", type=float, default=1.0, help="time scale of send_t (0: as fast as possible)")
     parser.add_argument("--stamp-now", action="store_true", help="header stamps = wall clock at publish")
+    parser.add_argument("--clock", action="store_true", help="publish /clock from the stamps (bag play --clock)")
+    parser.add_argument("--clock-tail", type=float, default=0.0, help="keep /clock running S seconds after the end")
     parser.add_argument("--wait-subscribers", type=float, default=20.0, help="seconds to wait for subscribers")
     parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last message")
     args = parser.parse_args(argv)
 
     import rclpy
+    from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Imu
 
     from flow_anomaly_ros.ros.can_conversion import can_message, frame_type
-    from flow_anomaly_ros.ros.imu_conversion import imu_message
+    from flow_anomaly_ros.ros.imu_conversion import imu_message, seconds_to_stamp
     from flow_anomaly_ros.ros.qos import qos_from_name
     from flow_anomaly_ros.timeseries.events import KIND_IMU
 
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     frame_cls = frame_type()
     imu_pubs = [node.create_publisher(Imu, t, qos) for t in args.imu_topics]
     can_pub = node.create_publisher(frame_cls, args.can_topic, qos)
+    clock_pub = node.create_publisher(Clock, "/clock", 10) if args.clock else None
     used = {int(s) for s in ev["source"][ev["kind"] == KIND_IMU]}
     needed = [imu_pubs[i] for i in used] + ([can_pub] if (ev["kind"] != KIND_IMU).any() else [])
     deadline = time.monotonic() + args.wait_subscribers
@@ -113,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     late_max = 0.0
     clock = node.get_clock()
     t0 = time.perf_counter()
-    for (pub, msg), t_rel in zip(msgs, send_t):
+    last_clock = -np.inf
+
+    def publish_clock(stamp_s: float) -> None:
+        nonlocal last_clock
+        if clock_pub is not None and abs(stamp_s - last_clock) >= 0.01:  # 100 Hz at most, jumps back included
+            clock_pub.publish(Clock(clock=seconds_to_stamp(stamp_s)))
+            last_clock = stamp_s
+
+    for (pub, msg), t_rel, stamp in zip(msgs, send_t, ev["stamp"]):
         if args.speed > 0:
             target = t0 + t_rel / args.speed
             delay = target - time.perf_counter()
@@ -124,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             late_max = max(late_max, time.perf_counter() - target)
         if args.stamp_now:
             msg.header.stamp = clock.now().to_msg()
+        publish_clock(float(stamp))
         pub.publish(msg)
         counts["imu" if pub is not can_pub else "can"] += 1
+    if clock_pub is not None and len(ev):
+        t_end, t_last = time.perf_counter(), last_clock
+        while (elapsed := time.perf_counter() - t_end) < args.clock_tail:
+            publish_clock(t_last + elapsed * (args.speed or 1.0))
+            time.sleep(0.01)
     time.sleep(args.linger)
     print(f"SENT imu={counts['imu']} can={counts['can']} late_ms_max={late_max * 1e3:.2f}", flush=True)
     node.destroy_node()

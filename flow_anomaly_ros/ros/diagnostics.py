@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 
 # Plain ints (diagnostic_msgs defines them as single bytes); make_status converts.
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+# Health is reported on wall time: with use_sim_time the ROS clock stops while a bag is paused or not yet playing.
+STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
 
 
 def level_of(status: DiagnosticStatus) -> int:
@@ -62,7 +65,7 @@ class DiagnosticsReporter:
         self._callback = callback
         self._hardware_id = hardware_id or node.get_fully_qualified_name()
         self._pub = node.create_publisher(DiagnosticArray, topic, 10)
-        self._timer = node.create_timer(period_s, self.publish)
+        self._timer = node.create_timer(period_s, self.publish, clock=STEADY_CLOCK)
 
     def publish(self) -> None:
         result = self._callback()

@@ -27,7 +27,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from flow_anomaly_ros.ros.diagnostics import ERROR, OK, DiagnosticsReporter, Health
+from flow_anomaly_ros.ros.diagnostics import ERROR, OK, STEADY_CLOCK, DiagnosticsReporter, Health
 
 
 class ParameterError(ValueError):
@@ -91,8 +91,9 @@ class ManagedAnomalyNode(LifecycleNode):
         )
         self._retry_timer = None
         if self.get_parameter("autostart").value:
-            # Deferred to the first spin so that subclasses finish their constructors first.
-            self._start_timer = self.create_timer(0.0, self._autostart_once)
+            # Deferred to the first spin so that subclasses finish their constructors first. Steady clock: with
+            # use_sim_time the ROS clock stands still until /clock arrives, and start-up must not wait for a bag.
+            self._start_timer = self.create_timer(0.0, self._autostart_once, clock=STEADY_CLOCK)
 
     # ----- parameters -------------------------------------------------------------------------------------------
     def read_params(self) -> dict[str, Any]:
@@ -114,7 +115,7 @@ class ManagedAnomalyNode(LifecycleNode):
         self._try_configure_and_activate()
         period = float(self.get_parameter("retry_period_s").value)
         if period > 0:
-            self._retry_timer = self.create_timer(period, self._retry)
+            self._retry_timer = self.create_timer(period, self._retry, clock=STEADY_CLOCK)
 
     def _retry(self) -> None:
         if self._state_machine.current_state[1] == "unconfigured":

@@ -89,7 +89,7 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "max_input_wait_s",
         0.5,
-        "wait at most this long (message time) for the slowest input topic before scoring a window without it",
+        "scoring waits for every input topic, except one silent this long (wall time since its last message)",
         min=0.0,
         max=10.0,
     ),
@@ -188,6 +188,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self.last_result = None
         self._newest_stamp = -math.inf
         self._newest_by_input: dict[str, float] = {}  # message time reached by each input topic
+        self._last_recv_by_input: dict[str, float] = {}  # perf_counter of each input topic's latest message
         self._last_receipt_clock = None
         self._drop_lo, self._drop_hi = math.inf, -math.inf  # stamps of dropped messages not yet covered by windows
         self._last_rate_snapshot: tuple[float, Counter[str]] | None = None
@@ -359,6 +360,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         jump = self.params["clock_jump_back_s"]
         max_wait = self.params["max_input_wait_s"]
         newest_of = self._newest_by_input
+        last_recv = self._last_recv_by_input
         for t_recv, kind, source, event in batch:
             stamp = event[0]
             results = None
@@ -375,12 +377,15 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
                 if reason is not None:
                     self._reject(reason)
                 # Every event moves its input's message time on, as offline (a NaN stamp never does).
+                last_recv[source] = t_recv
                 if stamp > newest_of.get(source, -math.inf):
                     newest_of[source] = stamp
                     self._newest_stamp = max(self._newest_stamp, stamp)
-                    # Watermark: a window is final once every input passed its end (each topic arrives in order),
-                    # or once the slowest input lags more than max_input_wait_s (it then shows up as stale).
-                    horizon = max(min(newest_of.values()), self._newest_stamp - max_wait)
+                    # Watermark: a window is final once every input topic passed its end (each topic arrives in
+                    # order, but not in step with the others: rclpy takes one message per topic in turn, so under
+                    # load the low-rate IMU runs ahead of CAN). A topic silent for max_input_wait_s (receipt time)
+                    # is not waited for; its signals then go stale in the windows.
+                    horizon = min(t for k, t in newest_of.items() if t_recv - last_recv[k] <= max_wait)
                     next_end = featurizer.next_window_end
                     if next_end is not None and horizon >= next_end:
                         results = scorer.poll(horizon)
@@ -404,6 +409,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._last_reset_clock = self.get_clock().now().nanoseconds * 1e-9
         self._newest_stamp = -math.inf
         self._newest_by_input.clear()
+        self._last_recv_by_input.clear()
         with self._stats_lock:
             self._drop_lo, self._drop_hi = math.inf, -math.inf
         self.get_logger().warn(reason)
