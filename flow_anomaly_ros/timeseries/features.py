@@ -1,0 +1,123 @@
+"""Window features: per-signal statistics, cross-signal consistency residuals and CAN timing.
+
+For a window of ``n`` hold-last samples per signal (SI units) the features are:
+
+- per signal: ``mean``, ``log_std`` (log of the standard deviation, floored at the signal's ``eps``) and
+  ``log_diff_rms`` (log RMS of the first difference: spikes, noise bursts and stuck values move it by orders of
+  magnitude, which the log keeps on a scale a density model can learn);
+- per consistency check (redundant measurements of one motion, e.g. IMU yaw rate vs CAN yaw rate vs wheel-speed
+  difference, IMU forward acceleration vs d(speed)/dt): the residual's ``mean`` and ``rms``;
+- CAN timing per tracked message: ``rate`` (frames in the window / frames expected from the period) and
+  ``log_max_gap`` (longest silence / period, including the gap from the previous frame), plus
+  ``can.unknown_ids:log_count``, ``can.error_frames:log_count`` and ``can.bus:load`` (all frames / expected).
+  These make floods, fuzzing, injected or replayed frames and suspended messages visible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flow_anomaly_ros.timeseries.signals import ConsistencySpec, PipelineConfig, message_period_s
+
+
+@dataclass(frozen=True)
+class CanTiming:
+    """Timing inputs of one window: per tracked message its frame stamps in the window and the previous stamp."""
+
+    stamps: list[np.ndarray]
+    previous: list[float | None]
+    unknown_count: int
+    error_count: int
+    total_count: int
+
+
+class FeatureLayout:
+    """Names and computation of the window feature vector for a :class:`PipelineConfig`."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.index = {name: i for i, name in enumerate(config.signal_names)}
+        self.eps = np.array([s.eps for s in config.signals])
+        self.periods = [message_period_s(config, m) for m in config.can_messages] if config.can_timing else []
+        names: list[str] = []
+        for s in config.signals:
+            names += [f"{s.name}:mean", f"{s.name}:log_std", f"{s.name}:log_diff_rms"]
+        for c in config.consistency:
+            names += [f"{c.name}:mean", f"{c.name}:rms"]
+        if config.can_timing:
+            for m in config.can_messages:
+                names += [f"can.{m}:rate", f"can.{m}:log_max_gap"]
+            names += ["can.unknown_ids:log_count", "can.error_frames:log_count", "can.bus:load"]
+        self.names = names
+        self.expected_total = config.window_s * sum(1.0 / p for p in self.periods) if self.periods else 1.0
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def feature_signal(self) -> list[str]:
+        """The input each feature comes from (signal, consistency check or CAN message), for attribution."""
+        return [n.rsplit(":", 1)[0] for n in self.names]
+
+    def compute(self, values: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float) -> np.ndarray:
+        """Feature vector of the window ``[start_s, end_s)``. ``values``: (n_signals, n_ticks) in SI units, finite."""
+        cfg = self.config
+        dt = 1.0 / cfg.rate_hz
+        out = np.empty(self.dim, dtype=np.float64)
+        n_sig = values.shape[0]
+        mean = values.mean(axis=1)
+        std = values.std(axis=1)
+        diff = np.diff(values, axis=1)
+        diff_rms = np.sqrt(np.mean(diff * diff, axis=1))
+        block = np.empty((n_sig, 3))
+        block[:, 0] = mean
+        block[:, 1] = np.log(np.maximum(std, self.eps))
+        block[:, 2] = np.log(np.maximum(diff_rms, self.eps))
+        out[: 3 * n_sig] = block.reshape(-1)
+        k = 3 * n_sig
+        for c in cfg.consistency:
+            residual = self._residual(c, values, dt)
+            out[k] = residual.mean()
+            out[k + 1] = math.sqrt(float(np.mean(residual * residual)))
+            k += 2
+        if cfg.can_timing:
+            if timing is None:
+                raise ValueError("CAN timing features configured but no timing given")
+            for stamps, prev, period in zip(timing.stamps, timing.previous, self.periods):
+                out[k] = len(stamps) / (cfg.window_s / period)
+                out[k + 1] = math.log(max(_max_gap(stamps, prev, start_s, end_s), period) / period)
+                k += 2
+            out[k] = math.log1p(timing.unknown_count)
+            out[k + 1] = math.log1p(timing.error_count)
+            out[k + 2] = timing.total_count / self.expected_total
+            k += 3
+        return out
+
+    def _residual(self, c: ConsistencySpec, values: np.ndarray, dt: float) -> np.ndarray:
+        a = values[self.index[c.a]]
+        if c.kind == "difference":
+            return a - values[self.index[c.b]]
+        if c.kind == "derivative":
+            b = values[self.index[c.b]]
+            slope = (b[-1] - b[0]) / (dt * (len(b) - 1))
+            return a - slope
+        if c.kind == "wheel_yaw":
+            return a - (values[self.index[c.right]] - values[self.index[c.left]]) / c.track_m
+        if c.kind == "steer_yaw":
+            speed = values[self.index[c.speed]]
+            steer = values[self.index[c.steer]] / c.steer_ratio
+            return a - speed * np.tan(steer) / c.wheelbase_m
+        raise ValueError(f"unknown consistency kind {c.kind!r}")
+
+
+def _max_gap(stamps: np.ndarray, prev: float | None, start: float, end: float) -> float:
+    """Longest interval without a frame inside the window (from the previous frame, or the window start)."""
+    first = prev if prev is not None else start
+    if len(stamps) == 0:
+        return end - first
+    gaps = np.diff(stamps)
+    inner = float(gaps.max()) if len(gaps) else 0.0
+    return max(inner, float(stamps[0]) - first, end - float(stamps[-1]))

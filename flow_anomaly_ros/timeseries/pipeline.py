@@ -1,0 +1,576 @@
+"""Streaming scorer: raw IMU samples and CAN frames in, one :class:`WindowResult` per window stride out.
+
+This is the single code path for live (the ROS node) and offline scoring (:func:`score_recording`, evaluation,
+training-feature extraction), so a recording scored offline gives exactly the scores the node publishes.
+
+Timing model (deterministic, independent of when ``poll`` is called):
+- windows end on a fixed grid ``k * stride`` and cover ``[end - window, end)``; their samples are resampled to
+  ``rate_hz`` by hold-last (:mod:`flow_anomaly_ros.timeseries.resample`);
+- ``poll(now)`` finalises every window with ``end <= now``. A sample with a stamp before the last finalised end is
+  *late* and rejected (counted). The node should therefore poll with ``now`` = newest stamp minus the lateness it
+  tolerates; offline, events are pushed in stamp order and each window is finalised just before the first event at
+  or after its end;
+- per signal, a sample older than the previous one is rejected as out-of-order, an equal stamp as duplicate.
+
+Window status (values of ``AnomalyScore.msg``): OK; WARMING_UP before every signal has data; STALE_INPUT when a
+signal's hold-last age exceeds its staleness limit inside the window (dropout, suspended CAN message);
+INVALID_INPUT when a rejected sample (NaN/Inf, DLC mismatch, undecodable, out-of-order) falls inside the window;
+MODEL_ERROR when scoring fails. Non-OK windows have ``score = NaN`` and ``is_anomaly = False``; STALE and INVALID
+windows set ``data_quality_fault = True``: a dropout or a NaN burst *is* a fault, and the evaluation counts such a
+window as detected by the data-quality monitor (for every detector alike).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow_anomaly_ros.model_store import ModelFileError, load_model_dir, model_id, read_manifest
+from flow_anomaly_ros.timeseries.detectors import KIND_PREFIX, Detector, detector_from_loaded
+from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, CanFrame, ImuSample, Recording
+from flow_anomaly_ros.timeseries.features import CanTiming, FeatureLayout
+from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
+from flow_anomaly_ros.timeseries.resample import SampleBuffer
+from flow_anomaly_ros.timeseries.signals import IMU_FIELDS, ConfigError, PipelineConfig, load_dbc
+
+OK, WARMING_UP, STALE_INPUT, INVALID_INPUT, MODEL_ERROR = 0, 1, 2, 3, 4
+STATUS_NAMES = {
+    OK: "OK",
+    WARMING_UP: "WARMING_UP",
+    STALE_INPUT: "STALE_INPUT",
+    INVALID_INPUT: "INVALID_INPUT",
+    MODEL_ERROR: "MODEL_ERROR",
+}
+MAX_BACKLOG_WINDOWS = 600  # poll() never emits more than this many windows at once (a huge time jump skips ahead)
+INVALID_REASONS = ("nan", "dlc", "undecodable", "out_of_order")
+
+
+@dataclass
+class WindowResult:
+    """One scored window (one per stride)."""
+
+    start_s: float
+    end_s: float
+    score: float
+    threshold: float
+    is_anomaly: bool
+    status: int
+    status_message: str
+    feature_names: list[str]
+    contributions: list[float]
+    data_quality_fault: bool = False
+
+
+@dataclass
+class WindowFeatures:
+    start_s: float
+    end_s: float
+    features: np.ndarray | None
+    status: int
+    status_message: str
+    data_quality_fault: bool
+
+
+@dataclass
+class _CanEntry:
+    message: Any
+    length: int
+    signals: list[tuple[str, int, float]]  # (DBC signal, buffer index, si_scale)
+    timing_index: int | None
+
+
+class WindowFeaturizer:
+    """Push raw events, poll window features. Owns buffers, counters and the window grid (no model)."""
+
+    def __init__(self, config: PipelineConfig, stride_s: float | None = None) -> None:
+        self.config = config.validate()
+        self.layout = FeatureLayout(self.config)
+        stride = self.config.stride_s if stride_s is None else stride_s
+        self.stride_ticks = round(stride * self.config.rate_hz)
+        if self.stride_ticks < 1 or abs(stride * self.config.rate_hz - self.stride_ticks) > 1e-6:
+            raise ConfigError(f"stride_s={stride} must be a whole number of samples at {self.config.rate_hz} Hz")
+        self.window_ticks = self.config.window_ticks
+        signals = self.config.signals
+        self.buffers = [SampleBuffer() for _ in signals]
+        self.staleness = np.array([s.staleness_s for s in signals])
+        self.imu_map: dict[str, list[tuple[int, int, float]]] = {}
+        for i, s in enumerate(signals):
+            if s.is_imu:
+                self.imu_map.setdefault(s.imu_source, []).append((IMU_FIELDS.index(s.imu_field), i, s.si_scale))
+        self.timing = [SampleBuffer() for _ in self.config.can_messages]
+        self.can_map: dict[tuple[int, bool], _CanEntry] = {}
+        if self.config.can_messages:
+            db = load_dbc(self.config.dbc)
+            for ti, name in enumerate(self.config.can_messages):
+                try:
+                    msg = db.get_message_by_name(name)
+                except KeyError as exc:
+                    raise ConfigError(f"message {name!r} not in DBC {self.config.dbc}") from exc
+                sigs = []
+                for i, s in enumerate(signals):
+                    if s.can_message == name:
+                        if s.can_signal not in {x.name for x in msg.signals}:
+                            raise ConfigError(f"signal {s.can_signal!r} not in message {name} of {self.config.dbc}")
+                        sigs.append((s.can_signal, i, s.si_scale))
+                key = (int(msg.frame_id), bool(msg.is_extended_frame))
+                self.can_map[key] = _CanEntry(msg, int(msg.length), sigs, ti)
+            for cid in self.config.extra_expected_can_ids:
+                self.can_map.setdefault((cid, cid > 0x7FF), _CanEntry(None, -1, [], None))
+        self.unknown = SampleBuffer()
+        self.errors = SampleBuffer()
+        self.all_frames = SampleBuffer()
+        self.invalid = SampleBuffer()  # value = index into INVALID_REASONS
+        self.max_lookback = float(self.staleness.max()) + 1.0
+        self.counters: dict[str, int] = {}
+        self.reset("start")
+        self.counters["resets"] = 0
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def reset(self, reason: str) -> None:
+        """Forget all samples and the window grid (e.g. the clock jumped backwards); counters are kept."""
+        for b in (*self.buffers, *self.timing, self.unknown, self.errors, self.all_frames, self.invalid):
+            b.clear()
+        self._last_imu: dict[str, float] = {}
+        self._last_can: dict[tuple[int, bool], float] = {}
+        self._first_stamp: float | None = None
+        self._next_end_k: int | None = None
+        self._finalised_end = -math.inf
+        self._ready = False
+        self.last_reset_reason = reason
+        self.counters["resets"] = self.counters.get("resets", 0) + 1
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _check_stamp(self, stamp_s: float, what: str) -> str | None:
+        if not math.isfinite(stamp_s):
+            self._count(f"{what}_invalid")
+            return f"{what}: non-finite stamp"
+        if stamp_s < self._finalised_end:
+            self._count(f"{what}_late")
+            return (
+                f"{what}: stamp {stamp_s:.3f} s is before the last scored window end {self._finalised_end:.3f} s "
+                "(late sample, or the clock jumped back: call reset)"
+            )
+        if self._first_stamp is None:
+            self._first_stamp = stamp_s
+        return None
+
+    def _mark_invalid(self, stamp_s: float, reason: str) -> None:
+        if self.invalid.last_stamp is not None and stamp_s < self.invalid.last_stamp:
+            return  # an out-of-order mark before an earlier one: the window holding it is flagged already or gone
+        self.invalid.append(stamp_s, INVALID_REASONS.index(reason))
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    def push_imu(self, stamp_s: float, accel: Any, gyro: Any, source: str = "imu") -> str | None:
+        """Add one IMU sample (m/s², rad/s). Returns None if accepted, else why it was rejected."""
+        what = f"imu[{source}]"
+        fields = self.imu_map.get(source)
+        if fields is None:
+            self._count("imu_unknown_source")
+            return f"{what}: source not used by the model (sources: {sorted(self.imu_map)})"
+        stamp_s = float(stamp_s)
+        if (reason := self._check_stamp(stamp_s, what)) is not None:
+            return reason
+        last = self._last_imu.get(source)
+        if last is not None and stamp_s <= last:
+            if stamp_s == last:
+                self._count(f"{what}_duplicate")
+                return f"{what}: duplicate stamp {stamp_s:.6f}"
+            self._count(f"{what}_out_of_order")
+            self._mark_invalid(stamp_s, "out_of_order")
+            return f"{what}: out-of-order stamp {stamp_s:.6f} < {last:.6f}"
+        self._last_imu[source] = stamp_s
+        try:
+            values = np.concatenate(
+                [np.asarray(accel, dtype=np.float64).reshape(3), np.asarray(gyro, dtype=np.float64).reshape(3)]
+            )
+        except (TypeError, ValueError):
+            self._count(f"{what}_invalid")
+            self._mark_invalid(stamp_s, "nan")
+            return f"{what}: accel and gyro must have 3 numbers each"
+        if not np.all(np.isfinite(values)):
+            self._count(f"{what}_invalid")
+            self._mark_invalid(stamp_s, "nan")
+            return f"{what}: NaN/Inf in sample"
+        for field_index, buf_index, scale in fields:
+            self.buffers[buf_index].append(stamp_s, values[field_index] * scale)
+        self._count(f"{what}_accepted")
+        return None
+
+    def push_can(
+        self,
+        stamp_s: float,
+        can_id: int,
+        data: bytes | bytearray | np.ndarray,
+        dlc: int | None = None,
+        is_error: bool = False,
+        is_extended: bool = False,
+    ) -> str | None:
+        """Add one CAN frame. Unknown ids and error frames are accepted and counted (they are features)."""
+        stamp_s = float(stamp_s)
+        if (reason := self._check_stamp(stamp_s, "can")) is not None:
+            return reason
+        self.all_frames.append(stamp_s)
+        if is_error:
+            self.errors.append(stamp_s)
+            self._count("can_error_frames")
+            return None
+        key = (int(can_id), bool(is_extended))
+        entry = self.can_map.get(key)
+        if entry is None:
+            self.unknown.append(stamp_s)
+            self._count("can_unknown_id")
+            return None
+        if entry.message is None:
+            self._count("can_accepted")
+            return None
+        raw = bytes(data)
+        n = len(raw) if dlc is None else int(dlc)
+        name = entry.message.name
+        if n != entry.length or len(raw) < n:
+            self._count("can_dlc_mismatch")
+            self._mark_invalid(stamp_s, "dlc")
+            return f"can {name} (0x{key[0]:X}): DLC {n} (data {len(raw)} bytes), DBC says {entry.length}"
+        last = self._last_can.get(key)
+        if last is not None and stamp_s <= last:
+            if stamp_s == last:
+                self._count("can_duplicate")
+                return f"can {name}: duplicate stamp {stamp_s:.6f}"
+            self._count("can_out_of_order")
+            self._mark_invalid(stamp_s, "out_of_order")
+            return f"can {name}: out-of-order stamp {stamp_s:.6f} < {last:.6f}"
+        self._last_can[key] = stamp_s
+        self.timing[entry.timing_index].append(stamp_s)
+        try:
+            decoded = entry.message.decode(raw[:n], decode_choices=False)
+        except Exception as exc:  # cantools raises several error types for undecodable payloads
+            self._count("can_undecodable")
+            self._mark_invalid(stamp_s, "undecodable")
+            return f"can {name}: cannot decode: {exc}"
+        for sig, buf_index, scale in entry.signals:
+            value = float(decoded[sig]) * scale
+            if not math.isfinite(value):
+                self._count("can_undecodable")
+                self._mark_invalid(stamp_s, "undecodable")
+                return f"can {name}: non-finite {sig}"
+            self.buffers[buf_index].append(stamp_s, value)
+        self._count("can_accepted")
+        return None
+
+    # --- windows --------------------------------------------------------------------------------------------
+    @property
+    def next_window_end(self) -> float | None:
+        if self._next_end_k is None:
+            return None if self._first_stamp is None else self._first_end_k() / self.config.rate_hz
+        return self._next_end_k / self.config.rate_hz
+
+    def _first_end_k(self) -> int:
+        rate = self.config.rate_hz
+        k = math.floor(self._first_stamp * rate / self.stride_ticks) + 1
+        return k * self.stride_ticks
+
+    def poll(self, now_s: float) -> list[WindowFeatures]:
+        """Features of every window with ``end <= now_s`` not yet emitted."""
+        if self._first_stamp is None or not math.isfinite(now_s):
+            return []
+        rate = self.config.rate_hz
+        if self._next_end_k is None:
+            self._next_end_k = self._first_end_k()
+        last_k = math.floor(now_s * rate + 1e-9)
+        pending = (last_k - self._next_end_k) // self.stride_ticks + 1
+        if pending <= 0:
+            return []
+        if pending > MAX_BACKLOG_WINDOWS:
+            skip = pending - MAX_BACKLOG_WINDOWS
+            self._next_end_k += skip * self.stride_ticks
+            self._count("skipped_windows", skip)
+        out = []
+        while self._next_end_k <= last_k:
+            out.append(self._window(self._next_end_k))
+            self._next_end_k += self.stride_ticks
+        self._finalised_end = (self._next_end_k - self.stride_ticks) / rate
+        keep_from = (self._next_end_k - self.window_ticks) / rate - self.max_lookback
+        for b in (*self.buffers, *self.timing, self.unknown, self.errors, self.all_frames, self.invalid):
+            b.trim_before(keep_from)
+        return out
+
+    def _window(self, end_k: int) -> WindowFeatures:
+        rate = self.config.rate_hz
+        start_k = end_k - self.window_ticks
+        start_s, end_s = start_k / rate, end_k / rate
+        ticks = np.arange(start_k, end_k, dtype=np.float64) / rate
+        n_sig = len(self.buffers)
+        values = np.empty((n_sig, len(ticks)))
+        missing, stale = [], []
+        for i, buf in enumerate(self.buffers):
+            v, age = buf.hold_last(ticks)
+            values[i] = v
+            if not np.isfinite(age[0]):
+                missing.append(i)
+            elif age.max() > self.staleness[i]:
+                stale.append((i, float(age.max())))
+        names = self.config.signal_names
+        if missing and not self._ready:
+            return WindowFeatures(
+                start_s, end_s, None, WARMING_UP, f"waiting for data: {', '.join(names[i] for i in missing)}", False
+            )
+        self._ready = True
+        invalid = self.invalid.stamps_in(start_s, end_s)
+        if len(invalid):
+            lo = int(np.searchsorted(self.invalid.stamps, start_s))
+            codes = self.invalid.values[lo : lo + len(invalid)].astype(int)
+            kinds = ", ".join(f"{INVALID_REASONS[c]} x{int((codes == c).sum())}" for c in np.unique(codes))
+            return WindowFeatures(
+                start_s, end_s, None, INVALID_INPUT, f"{len(invalid)} rejected input(s) in window ({kinds})", True
+            )
+        if missing or stale:
+            parts = [f"{names[i]} no data" for i in missing]
+            parts += [f"{names[i]} silent {age:.2f} s > {self.staleness[i]:.2f} s" for i, age in stale]
+            return WindowFeatures(start_s, end_s, None, STALE_INPUT, "stale input: " + "; ".join(parts), True)
+        timing = None
+        if self.config.can_timing:
+            timing = CanTiming(
+                stamps=[b.stamps_in(start_s, end_s) for b in self.timing],
+                previous=[b.last_before(start_s) for b in self.timing],
+                unknown_count=len(self.unknown.stamps_in(start_s, end_s)),
+                error_count=len(self.errors.stamps_in(start_s, end_s)),
+                total_count=len(self.all_frames.stamps_in(start_s, end_s)),
+            )
+        return WindowFeatures(start_s, end_s, self.layout.compute(values, timing, start_s, end_s), OK, "", False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class TimeseriesModel:
+    """A trained model: pipeline config + normaliser + detector (+ manifest when loaded)."""
+
+    config: PipelineConfig
+    normaliser: RobustNormaliser
+    detector: Detector
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return FeatureLayout(self.config).names
+
+    @property
+    def model_id(self) -> str:
+        return model_id(self.manifest) if self.manifest else f"{KIND_PREFIX}/{self.detector.name}@unsaved"
+
+    def score_windows(self, features: np.ndarray) -> np.ndarray:
+        """Score feature rows one window at a time.
+
+        Batched inference (ONNX Runtime, BLAS) may round differently for different batch sizes; scoring every
+        window as a batch of one makes a window's score independent of how many windows a ``poll`` happened to
+        finalise, so live, offline and evaluation scores are bit-identical.
+        """
+        z = self.normaliser.transform(np.atleast_2d(features))
+        return np.array([self.detector.score_samples(z[i : i + 1])[0] for i in range(len(z))])
+
+    def save(self, path: str | Path, training: dict[str, Any] | None = None) -> Path:
+        extra = {
+            "pipeline": self.config.to_dict(),
+            "feature_names": self.feature_names,
+            "normaliser": {"kind": "robust_median_iqr", "clip": self.normaliser.clip},
+            "training": training or {},
+        }
+        out = self.detector.save(path, extra_manifest=extra, extra_tensors=self.normaliser.tensors())
+        self.manifest = read_manifest(out)
+        return out
+
+
+def load_timeseries_model(path: str | Path, expected_detector: str | None = None) -> TimeseriesModel:
+    """Load and validate a model directory written by ``flow-anomaly ts train``; ModelFileError on any problem."""
+    path = Path(path)
+    kind = f"{KIND_PREFIX}/{expected_detector}" if expected_detector else KIND_PREFIX
+    manifest, tensors = load_model_dir(path, expected_kind=kind)
+    if "pipeline" not in manifest:
+        raise ModelFileError(f"model at {path} has no 'pipeline' section (a bare detector, not a time-series model)")
+    try:
+        config = PipelineConfig.from_dict(manifest["pipeline"])
+        layout = FeatureLayout(config)
+    except (ConfigError, FileNotFoundError, KeyError) as exc:
+        raise ModelFileError(f"model at {path}: its feature pipeline cannot be rebuilt here: {exc}") from exc
+    if manifest.get("feature_names") != layout.names:
+        raise ModelFileError(
+            f"model at {path}: feature names in the manifest do not match what its pipeline config produces "
+            "(model written by another version of the feature code?)"
+        )
+    try:
+        normaliser = RobustNormaliser.from_tensors(tensors, clip=float(manifest["normaliser"]["clip"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"model at {path}: normaliser missing or invalid: {exc}") from exc
+    if normaliser.center.shape != (layout.dim,) or normaliser.scale.shape != (layout.dim,):
+        raise ModelFileError(
+            f"model at {path}: normaliser has shape {normaliser.center.shape}, expected ({layout.dim},)"
+        )
+    detector = detector_from_loaded(manifest, tensors, path)
+    if detector.n_features_ != layout.dim:
+        raise ModelFileError(
+            f"model at {path}: detector expects {detector.n_features_} features, pipeline gives {layout.dim}"
+        )
+    if detector.threshold_ is None:
+        raise ModelFileError(f"model at {path} has no calibrated threshold")
+    return TimeseriesModel(config, normaliser, detector, manifest)
+
+
+# ------------------------------------------------------------------------------------------------------------
+class StreamingScorer:
+    """Featurizer + model: the live node and offline scoring both use this class."""
+
+    def __init__(self, model: TimeseriesModel, with_contributions: bool = True) -> None:
+        self.model = model
+        self.featurizer = WindowFeaturizer(model.config)
+        self.with_contributions = with_contributions and hasattr(model.detector, "contributions")
+        self.feature_names = model.feature_names
+        self.signal_names = model.config.signal_names
+        self.threshold = float(model.detector.threshold_)
+        self.model_id = model.model_id
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path, with_contributions: bool = True) -> StreamingScorer:
+        """Load a model directory; raises ModelFileError with a clear message on any problem."""
+        return cls(load_timeseries_model(path), with_contributions=with_contributions)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.featurizer.counters
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.model.config
+
+    def push_imu(self, stamp_s: float, accel: Any, gyro: Any, source: str = "imu") -> str | None:
+        return self.featurizer.push_imu(stamp_s, accel, gyro, source)
+
+    def push_can(
+        self,
+        stamp_s: float,
+        can_id: int,
+        data: bytes,
+        dlc: int | None = None,
+        is_error: bool = False,
+        is_extended: bool = False,
+    ) -> str | None:
+        return self.featurizer.push_can(stamp_s, can_id, data, dlc, is_error, is_extended)
+
+    def reset(self, reason: str) -> None:
+        self.featurizer.reset(reason)
+
+    def poll(self, now_s: float) -> list[WindowResult]:
+        windows = self.featurizer.poll(now_s)
+        if not windows:
+            return []
+        ok = [i for i, w in enumerate(windows) if w.status == OK]
+        scores = np.full(len(windows), np.nan)
+        contrib = [[] for _ in windows]
+        error = ""
+        if ok:
+            try:
+                feats = np.stack([windows[i].features for i in ok])
+                scores[ok] = self.model.score_windows(feats)
+                if self.with_contributions:
+                    z = self.model.normaliser.transform(feats)
+                    c = self.model.detector.contributions(z)
+                    for j, i in enumerate(ok):
+                        contrib[i] = c[j].tolist()
+            except Exception as exc:  # a model failure must not take the node down; report it per window
+                error = f"scoring failed: {type(exc).__name__}: {exc}"
+                self.featurizer._count("model_errors", len(ok))
+        results = []
+        for i, w in enumerate(windows):
+            status, message = w.status, w.status_message
+            if status == OK and (error or not math.isfinite(scores[i])):
+                status, message = MODEL_ERROR, error or "model returned a non-finite score"
+            score = float(scores[i]) if status == OK else math.nan
+            results.append(
+                WindowResult(
+                    start_s=w.start_s,
+                    end_s=w.end_s,
+                    score=score,
+                    threshold=self.threshold,
+                    is_anomaly=bool(status == OK and score > self.threshold),
+                    status=status,
+                    status_message=message,
+                    feature_names=self.feature_names,
+                    contributions=contrib[i] if status == OK else [],
+                    data_quality_fault=w.data_quality_fault,
+                )
+            )
+        return results
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _iter_events(events: Any, imu_sources: tuple[str, ...]) -> Iterable[ImuSample | CanFrame]:
+    if isinstance(events, Recording):
+        imu_sources, events = events.imu_sources, events.events
+    if isinstance(events, np.ndarray):
+        stamp, kind, src = events["stamp"], events["kind"], events["source"]
+        accel, gyro, cid, data, dlc = events["accel"], events["gyro"], events["can_id"], events["data"], events["dlc"]
+        err, ext = events["is_error"], events["is_extended"]
+        for i in range(len(events)):
+            if kind[i] == KIND_IMU:
+                yield ImuSample(float(stamp[i]), accel[i], gyro[i], imu_sources[int(src[i])])
+            elif kind[i] == KIND_CAN:
+                n = int(dlc[i])
+                yield CanFrame(
+                    float(stamp[i]), int(cid[i]), data[i, : min(n, 8)].tobytes(), n, bool(err[i]), bool(ext[i])
+                )
+        return
+    yield from events
+
+
+def _drive(target: Any, events: Any, imu_sources: tuple[str, ...], poll_end: bool) -> list[Any]:
+    """Push events in order, finalising windows just before the first event at or after their end."""
+    out: list[Any] = []
+    featurizer = target.featurizer if isinstance(target, StreamingScorer) else target
+    last = None
+    for ev in _iter_events(events, imu_sources):
+        nxt = featurizer.next_window_end
+        if nxt is not None and ev.stamp_s >= nxt:
+            out += target.poll(ev.stamp_s)
+        if isinstance(ev, ImuSample):
+            target.push_imu(ev.stamp_s, ev.accel, ev.gyro, ev.source)
+        else:
+            target.push_can(ev.stamp_s, ev.can_id, ev.data, ev.dlc, ev.is_error, ev.is_extended)
+        last = ev.stamp_s
+    if poll_end and last is not None:
+        out += target.poll(last)
+    return out
+
+
+def score_recording(
+    model_dir_or_scorer: Any, events: Any, imu_sources: tuple[str, ...] = ("imu",)
+) -> list[WindowResult]:
+    """Score a recording offline with the streaming code path (events sorted by stamp).
+
+    ``events``: a :class:`Recording`, an ``EVENT_DTYPE`` array, or an iterable of ImuSample / CanFrame.
+    """
+    if isinstance(model_dir_or_scorer, StreamingScorer):
+        scorer = model_dir_or_scorer
+    elif isinstance(model_dir_or_scorer, TimeseriesModel):
+        scorer = StreamingScorer(model_dir_or_scorer)
+    else:
+        scorer = StreamingScorer.from_model_dir(model_dir_or_scorer)
+    return _drive(scorer, events, imu_sources, poll_end=True)
+
+
+def featurize_recording(
+    config: PipelineConfig, events: Any, stride_s: float | None = None, imu_sources: tuple[str, ...] = ("imu",)
+) -> list[WindowFeatures]:
+    """Window features of a recording through the same featurizer the scorer uses (training, evaluation)."""
+    return _drive(WindowFeaturizer(config, stride_s=stride_s), events, imu_sources, poll_end=True)
+
+
+def stack_features(windows: list[WindowFeatures]) -> tuple[np.ndarray, np.ndarray]:
+    """(features of OK windows, their indices in ``windows``)."""
+    idx = np.array([i for i, w in enumerate(windows) if w.status == OK], dtype=int)
+    if len(idx) == 0:
+        return np.empty((0, 0)), idx
+    return np.stack([windows[i].features for i in idx]), idx

@@ -1,0 +1,90 @@
+"""Per-signal sample buffers and fixed-rate resampling with hold-last and staleness.
+
+Every input signal (an IMU axis, a decoded CAN signal, the arrival times of a CAN id) keeps its samples in a
+:class:`SampleBuffer`: append-only in stamp order, trimmed from the front once no future window can need the samples.
+A window is resampled onto a fixed grid by *hold-last*: the value at a grid tick is the newest sample with
+``stamp <= tick``, and its *age* (``tick - stamp``) tells whether the signal went stale (silent longer than the
+signal's staleness limit). Hold-last never looks ahead, so a value at a tick is the same live and offline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SampleBuffer:
+    """Growable (stamp, value) ring for one signal; stamps must be appended in non-decreasing order."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._t = np.empty(capacity, dtype=np.float64)
+        self._v = np.empty(capacity, dtype=np.float64)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def clear(self) -> None:
+        self._start = self._end = 0
+
+    @property
+    def last_stamp(self) -> float | None:
+        return float(self._t[self._end - 1]) if self._end > self._start else None
+
+    def append(self, stamp: float, value: float = 0.0) -> None:
+        if self._end == len(self._t):
+            self._make_room()
+        self._t[self._end] = stamp
+        self._v[self._end] = value
+        self._end += 1
+
+    def _make_room(self) -> None:
+        n = len(self)
+        if self._start > 0 and n <= len(self._t) // 2:
+            self._t[:n] = self._t[self._start : self._end]
+            self._v[:n] = self._v[self._start : self._end]
+        else:
+            t = np.empty(2 * len(self._t), dtype=np.float64)
+            v = np.empty(2 * len(self._t), dtype=np.float64)
+            t[:n] = self._t[self._start : self._end]
+            v[:n] = self._v[self._start : self._end]
+            self._t, self._v = t, v
+        self._start, self._end = 0, n
+
+    @property
+    def stamps(self) -> np.ndarray:
+        return self._t[self._start : self._end]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._v[self._start : self._end]
+
+    def trim_before(self, t_keep: float) -> None:
+        """Drop samples older than ``t_keep`` but keep the newest one at or before it (hold-last needs it)."""
+        idx = int(np.searchsorted(self.stamps, t_keep, side="right")) - 1
+        if idx > 0:
+            self._start += idx
+
+    def hold_last(self, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and ages at ``ticks`` (hold-last). Ticks before the first sample get NaN value and +inf age."""
+        stamps = self.stamps
+        idx = np.searchsorted(stamps, ticks, side="right") - 1
+        have = idx >= 0
+        safe = np.where(have, idx, 0)
+        if len(stamps) == 0:
+            return np.full(len(ticks), np.nan), np.full(len(ticks), np.inf)
+        values = np.where(have, self.values[safe], np.nan)
+        ages = np.where(have, ticks - stamps[safe], np.inf)
+        return values, ages
+
+    def stamps_in(self, start: float, end: float) -> np.ndarray:
+        """Stamps in ``[start, end)``."""
+        stamps = self.stamps
+        lo, hi = np.searchsorted(stamps, [start, end], side="left")
+        return stamps[lo:hi]
+
+    def last_before(self, t: float) -> float | None:
+        """Newest stamp strictly before ``t``, or None."""
+        stamps = self.stamps
+        idx = int(np.searchsorted(stamps, t, side="left")) - 1
+        return float(stamps[idx]) if idx >= 0 else None

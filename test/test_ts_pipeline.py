@@ -1,0 +1,226 @@
+"""Streaming scorer contract: same scores live and offline, honest status for bad input, safe model files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow_anomaly_ros.data.timeseries_dataset import base_recording
+from flow_anomaly_ros.model_store import ModelFileError
+from flow_anomaly_ros.timeseries.detectors import make_detector
+from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU
+from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
+from flow_anomaly_ros.timeseries.pipeline import (
+    INVALID_INPUT,
+    OK,
+    STALE_INPUT,
+    WARMING_UP,
+    StreamingScorer,
+    TimeseriesModel,
+    featurize_recording,
+    score_recording,
+    stack_features,
+)
+from flow_anomaly_ros.timeseries.signals import default_config
+
+TINY_FLOW = {"epochs": 2, "num_layers": 2, "hidden_features": 16, "num_blocks_per_layer": 1, "batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 40 s real KITTI + CAN recording and a tiny RealNVP model trained on its first 25 s."""
+    import torch
+
+    torch.set_num_threads(1)
+    config, _ = default_config()
+    rec, _ = base_recording(config, seed=0, duration_s=40.0)
+    train = rec.slice_time(0.0, 25.0)
+    x, _ = stack_features(featurize_recording(config, train.events, stride_s=0.1))
+    norm = RobustNormaliser.fit(x)
+    det = make_detector("realnvp", **TINY_FLOW).fit(norm.transform(x))
+    det.calibrate(norm.transform(x), quantile=0.95)
+    path = tmp_path_factory.mktemp("ts") / "model"
+    TimeseriesModel(config, norm, det).save(path)
+    return {"config": config, "rec": rec, "test": rec.slice_time(25.0, 40.0), "path": path}
+
+
+def test_live_polling_at_any_time_gives_the_offline_scores(small):
+    offline = score_recording(small["path"], small["test"])
+    scorer = StreamingScorer.from_model_dir(small["path"])
+    live, next_poll = [], None
+    ev = small["test"].events
+    for row in ev:  # the node pushes as messages arrive and polls on a timer, here every 0.37 s of stamps
+        stamp = float(row["stamp"])
+        if next_poll is None:
+            next_poll = stamp + 0.37
+        if stamp >= next_poll:
+            live += scorer.poll(stamp)
+            next_poll = stamp + 0.37
+        if row["kind"] == KIND_IMU:
+            assert scorer.push_imu(stamp, row["accel"], row["gyro"]) is None
+        else:
+            scorer.push_can(stamp, int(row["can_id"]), row["data"][: row["dlc"]].tobytes(), int(row["dlc"]))
+    live += scorer.poll(float(ev["stamp"][-1]))
+    assert len(live) == len(offline) > 100
+    assert [r.end_s for r in live] == [r.end_s for r in offline]
+    np.testing.assert_array_equal([r.score for r in live], [r.score for r in offline])
+    assert [r.status for r in live] == [r.status for r in offline]
+
+
+def test_first_windows_warm_up_then_ok_with_contributions(small):
+    res = score_recording(small["path"], small["test"])
+    assert res[0].status == WARMING_UP and not res[0].is_anomaly and np.isnan(res[0].score)
+    ok = [r for r in res if r.status == OK]
+    assert len(ok) > 0.8 * len(res)
+    r = ok[0]
+    assert (len(r.contributions) == len(r.feature_names) and abs(sum(r.contributions) - 1.0) < 1e-6) or sum(
+        r.contributions
+    ) == 0.0
+    assert all(np.isfinite(x.score) for x in ok)
+    assert np.isclose(np.diff([x.end_s for x in res]), 0.1).all()
+
+
+def _with(rec, mask_keep=None, edit=None):
+    ev = rec.events.copy()
+    if edit is not None:
+        edit(ev)
+    if mask_keep is not None:
+        ev = ev[mask_keep(ev)]
+    return ev
+
+
+def test_nan_imu_burst_is_invalid_input_and_a_data_quality_fault(small):
+    def edit(ev):
+        rows = (ev["kind"] == KIND_IMU) & (ev["stamp"] >= 33.0) & (ev["stamp"] < 33.05)
+        ev["gyro"][rows] = np.nan
+
+    res = score_recording(small["path"], _with(small["test"], edit=edit))
+    hit = [r for r in res if r.start_s <= 33.0 < r.end_s]
+    assert hit and all(r.status == INVALID_INPUT and not r.is_anomaly and r.data_quality_fault for r in hit)
+    assert "nan" in hit[0].status_message
+    clean = [r for r in res if r.end_s <= 32.9 and r.status != WARMING_UP]
+    assert all(r.status == OK for r in clean)
+
+
+def test_imu_dropout_is_stale_input(small):
+    keep = lambda ev: ~((ev["kind"] == KIND_IMU) & (ev["stamp"] >= 33.0) & (ev["stamp"] < 33.5))  # noqa: E731
+    res = score_recording(small["path"], _with(small["test"], mask_keep=keep))
+    hit = [r for r in res if r.start_s < 33.4 and r.end_s > 33.2]
+    assert hit and all(r.status == STALE_INPUT and r.data_quality_fault and not r.is_anomaly for r in hit)
+    assert "imu.accel_x silent" in hit[0].status_message
+
+
+def test_bad_samples_are_rejected_with_a_reason_and_counted(small):
+    scorer = StreamingScorer.from_model_dir(small["path"])
+    assert scorer.push_imu(1.0, [0, 0, 9.8], [0, 0, 0]) is None
+    assert "duplicate" in scorer.push_imu(1.0, [0, 0, 9.8], [0, 0, 0])
+    assert "out-of-order" in scorer.push_imu(0.5, [0, 0, 9.8], [0, 0, 0])
+    assert "NaN" in scorer.push_imu(1.01, [np.nan, 0, 9.8], [0, 0, 0])
+    assert "NaN" in scorer.push_imu(1.02, [0, 0, 9.8], [np.inf, 0, 0])
+    assert "3 numbers" in scorer.push_imu(1.03, [0, 0], [0, 0, 0])
+    assert "DLC" in scorer.push_can(1.0, 0xAA, b"\x00" * 4)  # WHEEL_SPEEDS has 8 bytes
+    assert scorer.push_can(1.0, 0x7FF, b"\x01") is None  # unknown id: accepted, counted
+    assert scorer.push_can(1.0, 0x7FF, b"", is_error=True) is None
+    c = scorer.counters
+    assert c["imu[imu]_duplicate"] == 1 and c["imu[imu]_out_of_order"] == 1 and c["imu[imu]_invalid"] == 3
+    assert c["can_dlc_mismatch"] == 1 and c["can_unknown_id"] == 1 and c["can_error_frames"] == 1
+    assert "source not used" in scorer.push_imu(1.1, [0, 0, 9.8], [0, 0, 0], source="imu2")
+
+
+def test_late_sample_rejected_and_reset_recovers(small):
+    scorer = StreamingScorer.from_model_dir(small["path"])
+    ev = small["test"].events
+    first = ev[ev["stamp"] < 30.0]
+    score_recording(scorer, first)
+    reason = scorer.push_imu(20.0, [0, 0, 9.8], [0, 0, 0])  # a looping bag jumped back 10 s
+    assert reason is not None and "reset" in reason
+    scorer.reset("clock jumped back")
+    assert scorer.push_imu(20.0, [0, 0, 9.8], [0, 0, 0]) is None
+    res = scorer.poll(25.0)
+    assert res and res[0].status == WARMING_UP
+    assert scorer.counters["resets"] == 1
+
+
+def test_huge_time_jump_emits_a_bounded_number_of_windows(small):
+    scorer = StreamingScorer.from_model_dir(small["path"])
+    scorer.push_imu(1.0, [0, 0, 9.8], [0, 0, 0])
+    res = scorer.poll(1e6)
+    assert len(res) <= 600 and scorer.counters["skipped_windows"] > 0
+    assert all(r.status != OK for r in res)
+
+
+def test_saved_model_gives_identical_scores_in_a_new_process(small, tmp_path):
+    ev_path = tmp_path / "test.npz"
+    small["test"].save(ev_path)
+    here = [r.score for r in score_recording(small["path"], small["test"])]
+    code = (
+        "import json,sys; from flow_anomaly_ros.timeseries.pipeline import score_recording;"
+        "from flow_anomaly_ros.timeseries.events import Recording;"
+        f"r=score_recording({str(small['path'])!r}, Recording.load({str(ev_path)!r}));"
+        "print(json.dumps([x.score for x in r]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    there = json.loads(out.stdout.strip().splitlines()[-1].replace("NaN", "null"))
+    assert len(there) == len(here)
+    for a, b in zip(here, there):
+        assert (b is None and np.isnan(a)) or a == b
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_weights_fail_with_a_clear_message(small, tmp_path):
+    p = _copy_model(small["path"], tmp_path / "m")
+    w = p / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(ModelFileError, match="checksum"):
+        StreamingScorer.from_model_dir(p)
+
+
+def test_corrupt_manifest_fails_with_a_clear_message(small, tmp_path):
+    p = _copy_model(small["path"], tmp_path / "m")
+    (p / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        StreamingScorer.from_model_dir(p)
+
+
+def test_tampered_onnx_file_fails(small, tmp_path):
+    p = _copy_model(small["path"], tmp_path / "m")
+    (p / "realnvp.onnx").write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match=r"realnvp\.onnx"):
+        StreamingScorer.from_model_dir(p)
+
+
+def test_mismatched_pipeline_fails_naming_the_problem(small, tmp_path):
+    p = _copy_model(small["path"], tmp_path / "m")
+    manifest = json.loads((p / "manifest.json").read_text())
+    manifest["pipeline"]["signals"] = manifest["pipeline"]["signals"][:-1]  # one signal fewer than trained
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="feature names"):
+        StreamingScorer.from_model_dir(p)
+    with pytest.raises(ModelFileError, match="not found"):
+        StreamingScorer.from_model_dir(tmp_path / "missing")
+
+
+def test_check_compatible_names_missing_inputs(small):
+    from flow_anomaly_ros.timeseries.signals import ConfigError, check_compatible
+
+    with pytest.raises(ConfigError, match="missing"):
+        check_compatible(small["config"], {"imu_sources": ["front_imu"]})
+    with pytest.raises(ConfigError, match="DBC"):
+        check_compatible(small["config"], {"dbc": "vw_mqb"})
+    check_compatible(small["config"], {"imu_sources": ["imu"], "dbc": "toyota_prius_2010_pt.dbc"})
+
+
+def test_can_only_rows_count_kinds(small):
+    ev = small["test"].events
+    assert (ev["kind"] == KIND_CAN).sum() > 5 * (ev["kind"] == KIND_IMU).sum() / 2
