@@ -1,0 +1,98 @@
+"""``flow-anomaly up``: the nodes in one process with the package's parameter files; clean SIGINT/SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from camera_testutil import camera_model_dir, scene_frames
+from rosutil import REPO, spin_until, start_python, stop_process
+
+from flow_anomaly_ros.cli import build_parser, main
+
+pytestmark = pytest.mark.ros
+
+
+def _ros_argv(*cli_args: str) -> list[str]:
+    from flow_anomaly_ros.ros.runner import parse_nodes, ros_arguments
+
+    args = build_parser().parse_args(["up", *cli_args])
+    return ros_arguments(args, parse_nodes(args.nodes))
+
+
+def test_default_parameter_files_are_the_launch_files_ones():
+    argv = _ros_argv()
+    files = [argv[i + 1] for i, a in enumerate(argv) if a == "--params-file"]
+    assert files == [str(REPO / "config" / "camera_anomaly.yaml"), str(REPO / "config" / "timeseries_anomaly.yaml")]
+    argv = _ros_argv("--nodes", "camera", "--namespace", "/car1/", "--use-sim-time", "-r", "image:=/cam", "-p", "x:=1")
+    assert argv[:2] == ["flow-anomaly-up", "--ros-args"]
+    assert argv[argv.index("__ns:=/car1") - 1 : argv.index("__ns:=/car1") + 1] == ["-r", "__ns:=/car1"]
+    for pair in (["-p", "use_sim_time:=true"], ["-r", "image:=/cam"], ["-p", "x:=1"]):
+        assert any(argv[i : i + 2] == pair for i in range(len(argv))), pair
+
+
+@pytest.mark.parametrize(
+    ("cli_args", "message"),
+    [
+        (["--nodes", "camera,radar"], "unknown ['radar']"),
+        (["--config", "/nonexistent/params.yaml"], "parameter file(s) not found"),
+        (["-p", "model_path=x"], "takes [NODE:]NAME:=VALUE"),
+    ],
+)
+def test_user_mistakes_are_clear_errors(cli_args, message, capsys):
+    assert main(["up", *cli_args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sig", "nodes"), [(signal.SIGTERM, "camera,timeseries"), (signal.SIGINT, "camera")])
+def test_up_runs_the_nodes_in_one_process_and_stops_cleanly(ros_node, sig, nodes):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    from flow_anomaly_ros.ros.image_conversion import array_to_image
+    from flow_anomaly_ros.ros.qos import qos_from_name
+
+    proc = start_python(
+        [
+            "-m",
+            "flow_anomaly_ros.cli",
+            "up",
+            "--nodes",
+            nodes,
+            "-p",
+            f"camera_anomaly_node:model_path:={camera_model_dir()}",
+            "-p",
+            "camera_anomaly_node:backend:=onnxruntime",
+            "-p",
+            "diagnostics_period_s:=0.2",
+            "-r",
+            "image:=/up_test/image",
+        ]
+    )
+    try:
+        masks, names = [], set()
+        ros_node.create_subscription(Image, "/camera_anomaly_node/mask", masks.append, qos_from_name("reliable", 1))
+        ros_node.create_subscription(
+            DiagnosticArray, "/diagnostics", lambda m: names.update(s.name for s in m.status), 10
+        )
+        pub = ros_node.create_publisher(Image, "/up_test/image", qos_from_name("reliable", 1))
+        assert spin_until(ros_node, lambda: pub.get_subscription_count() > 0, timeout=90.0), stop_process(proc)
+        frame = array_to_image(scene_frames(1)[0].image, "rgb8")
+
+        def published_and_received() -> bool:
+            pub.publish(frame)
+            return spin_until(ros_node, lambda: bool(masks), timeout=1.0)
+
+        assert spin_until(ros_node, published_and_received, timeout=30.0)
+        expected = {f"/{name}_anomaly_node" for name in nodes.split(",")}
+        assert spin_until(ros_node, lambda: expected <= names, timeout=20.0), names
+        assert proc.poll() is None
+    finally:
+        t0 = time.monotonic()
+        out = stop_process(proc, sig=sig, timeout=20.0)
+        stopped_in = time.monotonic() - t0
+    assert proc.returncode == 0, out
+    assert stopped_in < 15.0
+    assert "Traceback" not in out, out
+    assert f"starting {nodes.replace(',', ', ')}" in out
