@@ -5,7 +5,7 @@ The node owns no algorithm: logits come from :mod:`flow_anomaly_ros.runtime` (``
 :func:`flow_anomaly_ros.runtime.preprocess.resize_map`, and the decision is ``score >= threshold`` exactly as in
 ``backend.predict``. This module only arranges those calls so that a frame costs little more than the network:
 
-- scores are computed in row chunks (``score_map`` is per pixel; chunks of ~1 MPix keep the 20-channel softmax in
+- scores are computed in row chunks (``score_map`` is per pixel; chunks of ~256K pixels keep the 20-channel softmax in
   cache, ~2x faster than one call on a 1024x2048 frame, equal up to float rounding);
 - everything is decided at the network resolution and resized ONCE to the image size (the mask by nearest
   neighbour, the score map bilinearly and only when it is published);
@@ -36,7 +36,7 @@ import numpy as np
 from flow_anomaly_ros.runtime.preprocess import resize_map
 from flow_anomaly_ros.segmentation.scores import score_map
 
-CHUNK_PIXELS = 1 << 20  # score_map works on slabs of about this many pixels (cache-sized intermediates)
+CHUNK_PIXELS = 1 << 18  # score_map works on slabs of about this many pixels (256K px x 20 classes = 20 MB)
 DEFAULT_OVERLAY_COLOR = (255, 0, 255)  # magenta, the anomaly colour of segmentation.classes
 
 
