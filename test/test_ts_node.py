@@ -50,15 +50,12 @@ def _drive_slice(drive, t0: float, t1: float):
 @pytest.fixture(scope="session")
 def ts_world(tmp_path_factory):
     """Drive slices as core events, and a tiny RealNVP model directory trained and calibrated on clean driving."""
-    from ts_replay_publisher import quantised
+    from ts_replay_publisher import quantised, train_tiny_model
 
     from flow_anomaly_ros.data.can_traffic import generate_can_events, vehicle_signals
     from flow_anomaly_ros.data.injection import signal_sigmas
     from flow_anomaly_ros.data.kitti import load_kitti_drive
-    from flow_anomaly_ros.timeseries.detectors import make_detector
     from flow_anomaly_ros.timeseries.events import concat_events, imu_events
-    from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
-    from flow_anomaly_ros.timeseries.pipeline import TimeseriesModel, featurize_recording, stack_features
     from flow_anomaly_ros.timeseries.signals import default_config
 
     config, _ = default_config()
@@ -73,16 +70,9 @@ def ts_world(tmp_path_factory):
         st = events["stamp"]
         return events[(st >= start + a) & (st < start + b)]
 
-    x_train, _ = stack_features(featurize_recording(config, window(0, TRAIN_S), stride_s=0.05))
-    x_cal, _ = stack_features(featurize_recording(config, window(TRAIN_S, TRAIN_S + CALIB_S)))
-    normaliser = RobustNormaliser.fit(x_train)
-    detector = make_detector(
-        "realnvp", num_layers=2, hidden_features=32, num_blocks_per_layer=1, epochs=8, batch_size=256, seed=0
+    model_dir = train_tiny_model(
+        config, window(0, TRAIN_S), window(TRAIN_S, TRAIN_S + CALIB_S), tmp_path_factory.mktemp("ts_model") / "realnvp"
     )
-    detector.fit(normaliser.transform(x_train))
-    detector.calibrate(normaliser.transform(x_cal), method="quantile", quantile=0.99)
-    model_dir = tmp_path_factory.mktemp("ts_model") / "realnvp"
-    TimeseriesModel(config, normaliser, detector).save(model_dir)
     replay_from = start + TRAIN_S + CALIB_S
     train = part.t < start + TRAIN_S
     steer = vehicle_signals(part, seed=0)["STEER_ANGLE"]

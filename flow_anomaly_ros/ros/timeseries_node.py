@@ -193,7 +193,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._drop_lo, self._drop_hi = math.inf, -math.inf  # stamps of dropped messages not yet covered by windows
         self._last_rate_snapshot: tuple[float, Counter[str]] | None = None
         self._rates: tuple[dict[str, float], dict[int, float]] = ({}, {})
-        self.proc_latency = LatencyWindow(4000)  # receipt -> event processed (pushed, windows scored and published)
+        self.proc_latency = LatencyWindow(20000)  # receipt -> event processed (pushed, windows scored, published)
         self.score_latency = LatencyWindow(1000)  # receipt of the message closing a window -> its score published
 
     # ----- lifecycle ---------------------------------------------------------------------------------------------
