@@ -218,7 +218,7 @@ def main() -> int:
                 ]
             )
     headers = [
-        "input",
+        "input (W×H)",
         "frames",
         "backend infer p50, standalone (ms)",
         "infer p50 in node (ms)",

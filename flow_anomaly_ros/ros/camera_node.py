@@ -237,7 +237,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             )
         else:
             self._subscription = self.create_subscription(Image, topic, self._on_image, qos)
-        self._mailbox.reopen()
+        self._mailbox = LatestFrameMailbox()  # fresh drop counter with the fresh statistics
         self._running.set()
         self._worker = threading.Thread(target=self._work, name="camera_anomaly_worker", daemon=True)
         self._worker.start()

@@ -216,7 +216,3 @@ class LatestFrameMailbox:
             self._closed = True
             self._item = None
             self._cond.notify_all()
-
-    def reopen(self) -> None:
-        with self._cond:
-            self._closed = False
