@@ -185,10 +185,13 @@ def test_overload_drops_stale_frames_instead_of_queueing(camera_process, ros_nod
     h.wait_for("mask", stamps[-1], timeout=60.0)  # the newest frame is always processed
     processed = [s for s in stamps if s in h.outputs["mask"]]
     assert len(processed) < len(stamps) / 2, f"{len(processed)} of {len(stamps)} processed: frames were queued"
-    status = h.wait_for_diag(lambda s: int(_values(s).get("frames_dropped", 0)) > 0)
+    keys = ("frames_processed", "frames_dropped", "bad_frames", "failed_frames")
+    status = h.wait_for_diag(lambda s: int(_values(s).get("frames_processed", 0)) >= len(processed))
     values = _values(status)
-    accounted = sum(int(values[k]) for k in ("frames_processed", "frames_dropped", "bad_frames", "failed_frames"))
-    assert accounted == int(values["frames_received"])  # every frame is either processed or counted as dropped
+    assert sum(int(values[k]) for k in keys) == int(values["frames_received"])  # processed or counted as dropped
+    # Stale frames are dropped either by the node (its mailbox, counted) or already by DDS (reader history depth 1,
+    # invisible to the node); either way fewer frames were processed than received by the node or published.
+    assert int(values["frames_dropped"]) > 0 or int(values["frames_received"]) < len(stamps)
     assert float(values["latency_p99_ms"]) > 0
 
 
