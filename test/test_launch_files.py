@@ -224,8 +224,10 @@ def test_launch_descriptions_load_where_launch_imports():
     from launch.actions import DeclareLaunchArgument
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 
+    from launch import LaunchContext
+
     for path in LAUNCH_FILES:
-        description = PythonLaunchDescriptionSource(str(path)).get_launch_description(None)
+        description = PythonLaunchDescriptionSource(str(path)).get_launch_description(LaunchContext())
         declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
         assert declared and all(a.description for a in declared), path.name
 
