@@ -1,0 +1,72 @@
+"""Message <-> core event conversion of timeseries_anomaly_node (real message types, no DDS needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+
+def test_stamp_roundtrip_is_nanosecond_exact_and_idempotent():
+    from flow_anomaly_ros.ros.imu_conversion import roundtrip_seconds, seconds_to_stamp, stamp_to_seconds
+
+    for t in (0.0, 90.123456789, 1_796_083_186.796452209, 1e-9):
+        stamp = seconds_to_stamp(t)
+        assert math.isclose(stamp_to_seconds(stamp), t, rel_tol=1e-15, abs_tol=1e-9)
+        assert roundtrip_seconds(roundtrip_seconds(t)) == roundtrip_seconds(t)
+    assert seconds_to_stamp(-5.0).sec == 0  # negative clamps
+
+
+def test_imu_message_carries_si_values_unchanged_and_nan_through():
+    from flow_anomaly_ros.ros.imu_conversion import imu_event, imu_message
+
+    msg = imu_message(12.25, (0.1, -9.81, math.nan), (0.01, 0.02, -0.03))
+    stamp, accel, gyro = imu_event(msg)
+    assert stamp == 12.25 and accel[:2] == (0.1, -9.81) and math.isnan(accel[2]) and gyro == (0.01, 0.02, -0.03)
+    assert msg.orientation_covariance[0] == -1.0  # orientation marked "no estimate"
+    assert imu_event(msg, stamp_s=99.0)[0] == 99.0  # stamp_source=receipt
+
+
+def test_can_frame_roundtrip_keeps_dlc_flags_and_payload_length():
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from flow_anomaly_ros.ros.can_conversion import can_event, can_message, frame_type
+
+    frame_cls = frame_type()
+    msg = can_message(frame_cls, 5.5, 0xAA, b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    assert can_event(deserialize_message(serialize_message(msg), frame_cls)) == (
+        5.5, 0xAA, b"\x01\x02\x03\x04\x05\x06\x07\x08", 8, False, False
+    )  # fmt: skip
+    short = can_message(frame_cls, 1.0, 0x18FEF100, b"\xff", dlc=4, is_extended=True)  # DLC says 4, payload 1 byte
+    assert can_event(short) == (1.0, 0x18FEF100, b"\xff\x00\x00\x00", 4, False, True)
+    assert can_event(can_message(frame_cls, 2.0, 0, b"", is_error=True))[4] is True
+    with pytest.raises(ValueError, match="at most 8"):
+        can_message(frame_cls, 0.0, 1, bytes(9))
+
+
+def test_replay_events_match_what_the_core_scores_offline():
+    """The publisher's messages, converted back by the node's functions, are exactly the core's events."""
+    from ts_replay_publisher import quantised
+
+    from flow_anomaly_ros.ros.can_conversion import can_event, can_message, frame_type
+    from flow_anomaly_ros.ros.imu_conversion import imu_event, imu_message
+    from flow_anomaly_ros.timeseries.events import can_events, concat_events, imu_events
+
+    t = np.arange(5) * 0.01 + 100.0031
+    ev = quantised(
+        concat_events(
+            [
+                imu_events(t, np.random.default_rng(0).normal(size=(5, 3)), np.zeros((5, 3))),
+                can_events(t + 0.002, np.full(5, 0xB4), np.arange(40).reshape(5, 8), 8),
+            ]
+        )
+    )
+    frame_cls = frame_type()
+    for e in ev:
+        if e["kind"] == 0:
+            got = imu_event(imu_message(float(e["stamp"]), e["accel"], e["gyro"]))
+            assert got == (float(e["stamp"]), tuple(e["accel"]), tuple(e["gyro"]))
+        else:
+            m = can_message(frame_cls, float(e["stamp"]), int(e["can_id"]), e["data"].tobytes(), int(e["dlc"]))
+            assert can_event(m) == (float(e["stamp"]), int(e["can_id"]), e["data"].tobytes(), 8, False, False)
