@@ -410,6 +410,7 @@ FAULTS = ("bias_jump", "spoof_speed", "fuzzing")
 
 
 def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet(ts_world, ros_node, node_procs):
+    from std_msgs.msg import Float32
     from ts_replay_publisher import quantised, save_replay
 
     from flow_anomaly_ros.data.injection import Injector
@@ -428,8 +429,10 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
 
     name = "ts_faults"
     listener = Listener(ros_node, name)
+    values_seen: list = []
+    ros_node.create_subscription(Float32, f"/{name}/score_value", lambda m: values_seen.append(m.data), 2000)
     node = start_node(name, model_dir=ts_world.model_dir, input_qos="reliable", input_qos_depth=5000,
-                      output_qos_depth=2000)  # fmt: skip
+                      output_qos_depth=2000, publish_score_value=True)  # fmt: skip
     node_procs.append(node)
     run_replay(ros_node, node, listener, replay, "--qos", "reliable", "--depth", "5000", "--speed", "2")
     live = {round(end_s(s), 6): s for s in listener.scores}
@@ -448,6 +451,11 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
         if r.status == STATUS["OK"]:
             assert s.score == np.float32(r.score) and s.is_anomaly == r.is_anomaly
             assert list(s.feature_contributions) == [np.float32(c) for c in r.contributions]
+
+    # ~/score_value mirrors ~/score for plotting tools.
+    n = min(len(values_seen), len(listener.scores))  # the node goes on publishing (stale) after the replay
+    assert n >= len(listener.scores) - 2
+    assert np.array_equal(np.array(values_seen[:n], np.float32), [s.score for s in listener.scores[:n]], equal_nan=True)
 
     # Clean driving stays near the calibrated false-alarm rate (1 % of clean calibration windows).
     window_s = ts_world.config.window_s
