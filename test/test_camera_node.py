@@ -298,3 +298,34 @@ def test_lazy_mode_runs_inference_only_while_someone_subscribes(ros_node):
     finally:
         ros_node.executor_for_test.remove_node(node)
         node.destroy_node()
+
+
+def test_smaller_network_input_size_still_publishes_at_the_image_resolution(ros_node):
+    from rclpy.parameter import Parameter
+
+    from flow_anomaly_ros.ros.camera_node import CameraAnomalyNode
+    from flow_anomaly_ros.ros.image_conversion import array_to_image
+
+    node = CameraAnomalyNode(
+        context=ros_node.context,
+        parameter_overrides=[
+            Parameter("model_path", value=str(camera_model_dir())),
+            Parameter("backend", value="onnxruntime"),
+            Parameter("input_size", value=[SCENE_SIZE[0] // 2, SCENE_SIZE[1] // 2]),
+            Parameter("publish_score_map", value=True),
+            Parameter("image_topic", value="/test_small/image"),
+        ],
+    )
+    ros_node.executor_for_test.add_node(node)
+    try:
+        h = Harness(ros_node, topic="/test_small/image")
+        h.wait_for_node()
+        stamp = h.publish(array_to_image(scene_frames(1, seed=3)[0].image, "bgr8"))
+        h.wait_for("summary", stamp)
+        for name in ("mask", "overlay", "score_map"):
+            msg = h.wait_for(name, stamp, timeout=5.0)
+            assert (msg.height, msg.width) == SCENE_SIZE, name
+        assert node.processor.backend.spec.input_size == (SCENE_SIZE[0] // 2, SCENE_SIZE[1] // 2)
+    finally:
+        ros_node.executor_for_test.remove_node(node)
+        node.destroy_node()
