@@ -139,7 +139,7 @@ def build_engine_bytes(
     opt_profile.set_shape(INPUT_NAME, *profile)
     config.add_optimization_profile(opt_profile)
     if precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in later TensorRT 10 releases
             LOG.warning("this GPU has no fast FP16; building anyway")
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":

@@ -175,7 +175,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 key = f"optim.{pid}.{name}"
-                tensors[key] = value.detach().cpu()
+                tensors[key] = value.detach().cpu().clone()  # a snapshot, not a view of the live state
                 meta["shapes"][key] = list(value.shape)
             else:
                 meta["state"].setdefault(str(pid), {})[name] = value
