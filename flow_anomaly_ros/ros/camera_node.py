@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
 from flow_anomaly_ros.msg import ImageAnomaly
@@ -49,11 +50,12 @@ from flow_anomaly_ros.ros.image_conversion import (
 )
 from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, Param, run_node
 from flow_anomaly_ros.ros.qos import QOS_NAMES, qos_from_name
+from flow_anomaly_ros.runtime.loader import BACKEND_KINDS
+from flow_anomaly_ros.segmentation.spec import SCORE_METHODS
 from flow_anomaly_ros.stats import LatencyWindow, RateMeter
 
 NODE_NAME = "camera_anomaly_node"
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-SCORE_METHODS = ("anomaly_prob", "max_softmax", "max_logit", "energy", "densehybrid")  # segmentation.spec
+BACKENDS = ("auto", *(k for k in BACKEND_KINDS if k != "auto"))  # auto first: the default
 OUTPUTS = ("mask", "overlay", "score_map", "semantic", "summary")
 
 
@@ -110,7 +112,10 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             choices=("raw", "compressed"),
         ),
         Param(
-            "backend", "auto", "inference backend; auto falls back tensorrt -> onnxruntime -> torch", choices=BACKENDS
+            "backend",
+            "auto",
+            "inference backend; auto falls back tensorrt -> onnxruntime -> torch",
+            choices=BACKENDS,
         ),
         Param("model_path", "", "segmentation model directory or .onnx file (required)"),
         Param("device", "cpu", "cpu, cuda, cuda:N or auto (auto/cuda try the GPU backends first)"),
@@ -190,8 +195,6 @@ class CameraAnomalyNode(ManagedAnomalyNode):
 
     # ----- lifecycle --------------------------------------------------------------------------------------------
     def configure_core(self, params: dict[str, Any]) -> None:
-        import numpy as np
-
         from flow_anomaly_ros.runtime import load_backend
 
         model_path = mirror_model_into(params["model_path"], params["engine_cache_dir"])
