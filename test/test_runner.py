@@ -22,9 +22,12 @@ def _ros_argv(*cli_args: str) -> list[str]:
 
 
 def test_default_parameter_files_are_the_launch_files_ones():
+    from flow_anomaly_ros.ros.runner import config_dir
+
     argv = _ros_argv()
     files = [argv[i + 1] for i, a in enumerate(argv) if a == "--params-file"]
-    assert files == [str(REPO / "config" / "camera_anomaly.yaml"), str(REPO / "config" / "timeseries_anomaly.yaml")]
+    assert files == [str(config_dir() / "camera_anomaly.yaml"), str(config_dir() / "timeseries_anomaly.yaml")]
+    assert config_dir() == REPO / "config" or (config_dir() / "camera_anomaly.yaml").is_file()  # source or install
     argv = _ros_argv("--nodes", "camera", "--namespace", "/car1/", "--use-sim-time", "-r", "image:=/cam", "-p", "x:=1")
     assert argv[:2] == ["flow-anomaly-up", "--ros-args"]
     assert argv[argv.index("__ns:=/car1") - 1 : argv.index("__ns:=/car1") + 1] == ["-r", "__ns:=/car1"]
