@@ -19,6 +19,7 @@ from typing import Any
 
 CACHE_ENV = "FLOW_ANOMALY_CACHE"
 CACHE_FORMAT = 1  # bump when a cached artefact's layout changes
+TS_CONFIG = Path(__file__).resolve().parents[2] / "config" / "timeseries_model.yaml"  # data split, detector params
 
 # Topics of the demo bag (the nodes' default input names, resolved in the root namespace).
 IMU_TOPIC = "/imu/data"
@@ -44,6 +45,11 @@ class DemoConfig:
     severity: str = "clear"  # injection severity of the time-series faults ("clear" | "subtle")
     detector: str = "realnvp"
     baselines: tuple[str, ...] = ("iforest", "ocsvm", "autoencoder", "elliptic")
+    # None = the splits of config/timeseries_model.yaml; --quick trains on a short part with the ts CLI's
+    # --quick detector sizes (QUICK_OVERRIDES) so that the CI demo finishes in minutes
+    ts_train_split: tuple[float, float] | None = None
+    ts_calibrate_split: tuple[float, float] | None = None
+    ts_quick: bool = False
     # camera: procedural street scenes (generated), modest size and rate so the bag and the replay stay small
     camera_hz: float = 2.0
     camera_height: int = 128
@@ -62,8 +68,11 @@ class DemoConfig:
     def quick(cls) -> DemoConfig:
         """The CI-sized demo: a short bag, small camera frames, a short fine-tune."""
         return cls(
-            bag_duration_s=12.0,
+            bag_duration_s=18.0,
             baselines=("iforest", "elliptic"),
+            ts_train_split=(0.0, 0.12),
+            ts_calibrate_split=(0.55, 0.60),
+            ts_quick=True,
             camera_hz=2.0,
             camera_height=64,
             camera_width=128,
@@ -91,15 +100,30 @@ class DemoConfig:
             self.camera_width,
             self.camera_anomaly_fraction,
             self.storage,
+            _file_digest(TS_CONFIG),
         )
 
     def ts_model_key(self, detector: str | None = None) -> str:
-        return _hash("ts", self.seed, self.bag_duration_s, detector or self.detector)
+        return _hash(
+            "ts",
+            detector or self.detector,
+            self.ts_train_split,
+            self.ts_calibrate_split,
+            self.ts_quick,
+            _file_digest(TS_CONFIG),
+        )
 
     def seg_model_key(self) -> str:
         return _hash(
             "seg", self.seed, self.seg_backbone, self.seg_train_steps, self.seg_train_size, self.seg_batch_size
         )
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "missing"
 
 
 def _hash(*parts: Any) -> str:

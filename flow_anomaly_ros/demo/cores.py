@@ -78,28 +78,57 @@ def recording_from_bag(bag: str | Path, imu_topic: str, can_topic: str) -> Any:
 
 
 def score_recording(model_dir: str | Path, recording: Any) -> Any:
-    """Per-window scores of ``recording`` with the model in ``model_dir`` (the node's StreamingScorer, offline)."""
+    """Per-window scores of ``recording`` with the model in ``model_dir`` (the node's StreamingScorer, offline).
+
+    Scores and thresholds are rounded to float32, as ``AnomalyScore`` carries them, so that offline and live
+    metrics are computed from the same numbers.
+    """
     from flow_anomaly_ros.demo.evaluate import WindowScores
     from flow_anomaly_ros.timeseries.pipeline import score_recording as _score
 
     results = _score(model_dir, recording)
     return WindowScores.from_rows(
-        [(r.start_s, r.end_s, r.score, r.threshold, bool(r.is_anomaly), int(r.status)) for r in results]
+        [
+            (r.start_s, r.end_s, float(np.float32(r.score)), float(np.float32(r.threshold)), r.is_anomaly, r.status)
+            for r in results
+        ]
     )
 
 
-def timeseries_metrics(windows: Any, intervals: list[dict[str, Any]]) -> dict[str, Any]:
-    """The time-series issue's metrics (ROC-AUC, AP, F1, range F1, event recall, delay) on valid windows."""
-    from flow_anomaly_ros.evaluation import timeseries_metrics as tm
+STATUS_OK, STATUS_WARMING_UP, STATUS_STALE, STATUS_INVALID, STATUS_MODEL_ERROR = 0, 1, 2, 3, 4
 
-    valid = windows.status == 0
-    return tm.window_metrics(
-        windows.start_s[valid],
-        windows.end_s[valid],
-        windows.score[valid],
-        windows.is_anomaly[valid],
-        intervals,
+
+def timeseries_metrics(windows: Any, intervals: list[dict[str, Any]], window_s: float, stride_s: float) -> dict:
+    """The time-series issue's metrics (``evaluation.timeseries_metrics.evaluate_sequences``) on one sequence.
+
+    As there: non-OK windows have no score; STALE/INVALID windows count as data-quality alarms (a dropout or NaN
+    burst is a fault); WARMING_UP/MODEL_ERROR windows do not count.
+    """
+    from types import SimpleNamespace
+
+    from flow_anomaly_ros.evaluation.timeseries_metrics import Sequence_, evaluate_sequences
+
+    ok = windows.status == STATUS_OK
+    quality = (windows.status == STATUS_STALE) | (windows.status == STATUS_INVALID)
+    score = np.where(ok, windows.score, np.nan)
+    seq = Sequence_(
+        start_s=windows.start_s,
+        end_s=windows.end_s,
+        score=score,
+        alarm=(windows.is_anomaly & ok) | quality,
+        quality=quality,
+        valid=(windows.status != STATUS_WARMING_UP) & (windows.status != STATUS_MODEL_ERROR),
+        faults=[SimpleNamespace(start_s=iv["start_s"], end_s=iv["end_s"], fault=iv["kind"]) for iv in intervals],
     )
+    return evaluate_sequences([seq], window_s, stride_s)
+
+
+def window_geometry(model_dir: str | Path) -> tuple[float, float]:
+    """(window_s, stride_s) of a time-series model (from its manifest)."""
+    from flow_anomaly_ros.model_store import read_manifest
+
+    pipeline = read_manifest(model_dir).get("pipeline", {})
+    return float(pipeline.get("window_s", 2.0)), float(pipeline.get("stride_s", 0.1))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -86,24 +86,62 @@ def ensure_bag(cfg: DemoConfig, cache: Path, no_cache: bool = False, progress: P
     return path
 
 
+def _train_segmentation_entry(cfg: DemoConfig, seg: Path, no_cache: bool) -> str:
+    """Child-process entry: build the segmentation cache entry (module level so that 'spawn' can pickle it)."""
+    from flow_anomaly_ros.demo import training
+
+    _build_cached(seg, lambda tmp: training.train_segmentation(cfg, tmp, progress=False), no_cache)
+    return str(seg)
+
+
 def ensure_models(cfg: DemoConfig, cache: Path, no_cache: bool = False, progress: Progress | None = None) -> Any:
-    """Train (or reuse) every model the demo needs; returns DemoModels."""
+    """Train (or reuse) every model the demo needs; returns DemoModels.
+
+    On a cold cache the segmentation fine-tuning (torch, multi-threaded) runs in a child process while this one
+    computes the time-series features and fits the detectors (mostly single-threaded Python): on two cores the
+    two overlap instead of queueing.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
     from flow_anomaly_ros.demo import training
     from flow_anomaly_ros.demo.cores import DemoModels
 
-    ts_models = {}
-    for det in (cfg.detector, *cfg.baselines):
-        path = cache / f"ts-{cfg.ts_model_key(det)}-{det}"
-        cached = path.exists() and not no_cache
-        if progress:
-            progress.info(f"time-series detector {det}: {'cached' if cached else 'training'} -> {path}")
-        _build_cached(path, lambda tmp, d=det: training.train_timeseries(cfg, d, tmp), no_cache)
-        ts_models[det] = path
+    say = progress.info if progress else (lambda text: None)
     seg = cache / f"seg-{cfg.seg_model_key()}"
-    cached = seg.exists() and not no_cache
-    if progress:
-        progress.info(f"segmentation model {cfg.seg_backbone}: {'cached' if cached else 'fine-tuning'} -> {seg}")
-    _build_cached(seg, lambda tmp: training.train_segmentation(cfg, tmp), no_cache)
+    pool = None
+    future = None
+    if seg.exists() and not no_cache:
+        say(f"segmentation model {cfg.seg_backbone}: cached -> {seg}")
+    else:
+        say(
+            f"segmentation model {cfg.seg_backbone}: fine-tuning {cfg.seg_train_steps} steps in a background "
+            f"process -> {seg}"
+        )
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        future = pool.submit(_train_segmentation_entry, cfg, seg, no_cache)
+    try:
+        ts_models = {}
+        for det in (cfg.detector, *cfg.baselines):
+            if not training.detector_available(det):
+                say(f"time-series detector {det}: not available in this installation, skipped")
+                continue
+            path = cache / f"ts-{cfg.ts_model_key(det)}-{det}"
+            cached = path.exists() and not no_cache
+            say(f"time-series detector {det}: {'cached' if cached else 'training'} -> {path}")
+            t0 = time.perf_counter()
+            _build_cached(path, lambda tmp, d=det: training.train_timeseries(cfg, d, tmp), no_cache)
+            if not cached:
+                say(f"time-series detector {det}: trained in {time.perf_counter() - t0:.0f} s")
+            ts_models[det] = path
+        if future is not None:
+            t0 = time.perf_counter()
+            say("waiting for the segmentation fine-tuning ...")
+            future.result()
+            say(f"segmentation model ready (waited {time.perf_counter() - t0:.0f} s)")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return DemoModels(ts_models=ts_models, seg_model=seg, deployed_detector=cfg.detector)
 
 
@@ -115,6 +153,7 @@ def models_for_bag(bag: Path, cache: Path | None = None) -> Any:
     cfg = DemoConfig(**_config_from_dict(load_ground_truth(bag)["config"]))
     cache = cache or cache_dir()
     ts = {d: cache / f"ts-{cfg.ts_model_key(d)}-{d}" for d in (cfg.detector, *cfg.baselines)}
+    ts = {d: p for d, p in ts.items() if p.exists() or d == cfg.detector}  # baselines are optional
     seg = cache / f"seg-{cfg.seg_model_key()}"
     missing = [str(p) for p in (*ts.values(), seg) if not p.exists()]
     if missing:

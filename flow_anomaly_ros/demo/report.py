@@ -118,8 +118,11 @@ def plot_timeseries(out: Path, bag: Path, truth: dict[str, Any], windows: Any, d
             )
         finite = windows.score[np.isfinite(windows.score)]
         if len(finite):
-            lo, hi = np.percentile(finite, [0.5, 99.5])
-            axes[2].set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
+            lo, med, hi = np.percentile(finite, [0.5, 50, 100])
+            if hi - med > 100 * max(1e-9, abs(med - lo)):  # a few huge scores: log scale keeps the rest visible
+                axes[2].set_yscale("symlog", linthresh=max(1.0, abs(med) * 2))
+            else:
+                axes[2].set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
     axes[2].set_ylabel("anomaly score")
     axes[2].set_xlabel("time in bag [s]")
     handles, labels = axes[2].get_legend_handles_labels()

@@ -13,6 +13,7 @@ no node scores them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,30 @@ from flow_anomaly_ros.demo.recording import TimeseriesStreams
 BAG_EPOCH_S = 1_317_340_800.0
 GPS_JUMP_M = (25.0, 60.0)  # horizontal jump size range
 GPS_JUMP_S = (3.0, 8.0)  # duration range
+FAULT_LEAD_S = 3.0  # clean driving before the first fault (the first 2 s window must fill)
+FAULT_SLOT_S = 7.5  # one fault per slot: 3 s fault + clean gaps (schedule_faults needs >= 7 s)
 
 
-def _drive_and_config() -> tuple[Any, Any, dict[str, Any]]:
-    from flow_anomaly_ros.data.kitti import load_kitti_drive
-    from flow_anomaly_ros.timeseries.signals import default_config
+def _split_bounds(doc: dict[str, Any], t_end: float) -> dict[str, tuple[float, float]]:
+    """Split fractions of config/timeseries_model.yaml as drive times (as ``build_dataset`` computes them)."""
+    from flow_anomaly_ros.data.timeseries_dataset import DEFAULT_SPLIT
 
-    pcfg, doc = default_config()
-    return load_kitti_drive(), pcfg, doc
+    split = {k: tuple(v) for k, v in (doc.get("split") or DEFAULT_SPLIT).items() if k in DEFAULT_SPLIT}
+    return {k: (a * t_end, b * t_end) for k, (a, b) in split.items()}
 
 
-def _split_range(doc: dict[str, Any], drive: Any, part: str) -> tuple[float, float]:
-    a, b = doc.get("split", {}).get(part, {"train": [0.0, 0.55], "calibrate": [0.55, 0.67], "test": [0.67, 1.0]}[part])
-    t0, t1 = float(drive.t[0]), float(drive.t[-1])
-    return t0 + a * (t1 - t0), t0 + b * (t1 - t0)
+def demo_faults(duration_s: float, rng: np.random.Generator) -> list[str]:
+    """As many fault types as fit into the bag with clean gaps (7 s a slot), alternating IMU faults and CAN attacks."""
+    from flow_anomaly_ros.data.injection import CAN_ATTACKS, IMU_FAULTS
+
+    n = max(2, int((duration_s - FAULT_LEAD_S) // FAULT_SLOT_S))
+    imu, can = list(rng.permutation(IMU_FAULTS)), list(rng.permutation(CAN_ATTACKS))
+    out = []
+    while len(out) < n and (imu or can):
+        for pool in (imu, can):
+            if pool and len(out) < n:
+                out.append(str(pool.pop(0)))
+    return out
 
 
 def inject_gps_jumps(
@@ -73,25 +84,37 @@ def inject_gps_jumps(
 
 def build_streams(cfg: DemoConfig) -> TimeseriesStreams:
     """IMU, CAN and GPS of the demo bag's time range with labelled injected anomalies, in bag time."""
-    from flow_anomaly_ros.data import injection
-    from flow_anomaly_ros.data.can_traffic import generate_can_events
-    from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, concat_events, imu_events
+    from flow_anomaly_ros.data.injection import Injector, schedule_faults, signal_sigmas
+    from flow_anomaly_ros.data.timeseries_dataset import base_recording
+    from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU
+    from flow_anomaly_ros.timeseries.signals import default_config
 
-    drive, pcfg, doc = _drive_and_config()
-    test0, test1 = _split_range(doc, drive, "test")
-    t0, t1 = test0, min(test1, test0 + cfg.bag_duration_s)
-    keep = (drive.t >= t0) & (drive.t < t1)
-    imu = imu_events(drive.t[keep], drive.accel[keep], drive.gyro[keep])
-    can = generate_can_events(drive, pcfg, seed=cfg.seed)
-    can = can[(can["stamp"] >= t0) & (can["stamp"] < t1)]
-    events = concat_events([imu, can])
+    pcfg, doc = default_config()
+    seed = int(doc.get("dataset", {}).get("seed", 7))
+    base, extra = base_recording(pcfg, seed)  # the same clean drive + CAN the detectors train on
+    drive, phys = extra["drive"], extra["physical"]
+    bounds = _split_bounds(doc, float(drive.t[-1]) + 1e-6)
+    t0 = bounds["test"][0]
+    t1 = min(bounds["test"][1], t0 + cfg.bag_duration_s)
+    in_train = drive.t < bounds["train"][1]
+    sigma = signal_sigmas(
+        drive.accel[in_train], drive.gyro[in_train], drive.speed[in_train], phys["STEER_ANGLE"][in_train]
+    )
     rng = np.random.default_rng([cfg.seed, 31])
-    events, labels = injection.inject_demo(events, pcfg, t0, t1, rng, severity=cfg.severity)
+    events = base.slice_time(t0, t1).events
+    injector = Injector(pcfg, sigma, rng)
+    labels: list[dict[str, Any]] = []
+    for fault, start in schedule_faults(t0 + FAULT_LEAD_S, t1, demo_faults(t1 - t0, rng), rng):
+        events, label = injector.inject(events, fault, cfg.severity, start)
+        d = label.to_dict()
+        d["kind"] = d.pop("fault")
+        d["stream"] = "imu" if d["target"].startswith("imu") else "can"
+        labels.append(d)
     gsel = (drive.gps_t >= t0) & (drive.gps_t < t1)
     gps_xyz, gps_labels = inject_gps_jumps(
         drive.gps_t[gsel], drive.gps_xyz[gsel], t0, t1, rng, count=max(1, int((t1 - t0) // 30))
     )
-    labels = [dict(lb) for lb in labels] + gps_labels
+    labels = sorted(labels + gps_labels, key=lambda lb: lb["start_s"])
     for lb in labels:
         lb["start_s"] = float(lb["start_s"]) + BAG_EPOCH_S
         lb["end_s"] = float(lb["end_s"]) + BAG_EPOCH_S
@@ -101,7 +124,7 @@ def build_streams(cfg: DemoConfig) -> TimeseriesStreams:
         (
             float(r["stamp"]) + BAG_EPOCH_S,
             int(r["can_id"]),
-            bytes(r["data"][: int(r["dlc"])].tobytes()),
+            r["data"][: min(8, int(r["dlc"]))].tobytes(),
             int(r["dlc"]),
             bool(r["is_error"]),
             bool(r["is_extended"]),
@@ -116,13 +139,45 @@ def build_streams(cfg: DemoConfig) -> TimeseriesStreams:
         gps_t=drive.gps_t[gsel] + BAG_EPOCH_S,
         gps_xyz=gps_xyz,
         labels=labels,
-        provenance={"imu": f"real: {drive.source}; faults injected (seeded, data.injection)"},
-        extra={"drive_range_s": [t0, t1], "bag_epoch_s": BAG_EPOCH_S, "dbc": pcfg.dbc},
+        provenance={"imu": f"real: {drive.source}; faults injected (seeded, flow_anomaly_ros.data.injection)"},
+        extra={"drive_range_s": [t0, t1], "bag_epoch_s": BAG_EPOCH_S, "dbc": pcfg.dbc, "sigma": sigma},
     )
 
 
-def train_detector(cfg: DemoConfig, detector: str, out: Path) -> Path:
-    """Train ``detector`` on the clean training split with the time-series core's trainer into ``out``."""
-    from flow_anomaly_ros.timeseries import training
+@functools.lru_cache(maxsize=2)
+def training_features(
+    train_split: tuple[float, float] | None = None, calibrate_split: tuple[float, float] | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Window features of the clean train and calibrate splits, exactly as ``flow-anomaly ts train`` makes them
+    (computed once per process and shared by every detector)."""
+    from flow_anomaly_ros.data.timeseries_dataset import DEFAULT_SPLIT, build_dataset
+    from flow_anomaly_ros.timeseries.experiment import dataset_params, featurize_dataset
+    from flow_anomaly_ros.timeseries.signals import default_config
 
-    return training.train_detector_dir(detector, out, seed=cfg.seed)
+    pcfg, doc = default_config()
+    params = {**dataset_params(doc), "test_copies": 0}
+    if train_split or calibrate_split:
+        split = dict(params["split"] or DEFAULT_SPLIT)
+        split.update({k: v for k, v in (("train", train_split), ("calibrate", calibrate_split)) if v})
+        params["split"] = split
+    ds = build_dataset(pcfg, **params)
+    stride = float(doc.get("split", {}).get("train_stride_s", pcfg.stride_s))
+    return pcfg, featurize_dataset(pcfg, ds, train_stride_s=stride), {"doc": doc, "data": ds.meta}
+
+
+def train_detector(cfg: DemoConfig, detector: str, out: Path) -> Path:
+    """Fit ``detector`` (parameters from config/timeseries_model.yaml) on the clean train split, calibrate its
+    threshold on the calibrate split and save the model directory: the steps of ``flow-anomaly ts train``."""
+    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES
+    from flow_anomaly_ros.timeseries.experiment import fit_model
+
+    pcfg, feats, info = training_features(cfg.ts_train_split, cfg.ts_calibrate_split)
+    params = dict(QUICK_OVERRIDES.get(detector, {})) if cfg.ts_quick else {}
+    model = fit_model(pcfg, feats, detector, info["doc"], params, progress=True, threads=2)
+    training = {
+        "data": info["data"],
+        "n_train": int(feats.x_train.shape[0]),
+        "n_calibrate": int(feats.x_calibrate.shape[0]),
+        "by": "flow-anomaly demo run",
+    }
+    return model.save(out, training=training)

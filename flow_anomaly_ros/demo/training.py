@@ -57,6 +57,17 @@ def train_segmentation(cfg: DemoConfig, out: Path, progress: bool = True) -> Pat
     return out
 
 
+def detector_available(name: str) -> bool:
+    """Whether the time-series core offers detector ``name``."""
+    from flow_anomaly_ros.timeseries.detectors import make_detector
+
+    try:
+        make_detector(name)
+    except ValueError:
+        return False
+    return True
+
+
 def train_timeseries(cfg: DemoConfig, detector: str, out: Path) -> Path:
     """Train ``detector`` on the clean training part of the drive into ``out`` (a time-series model directory)."""
     from flow_anomaly_ros.demo import timeseries_source
