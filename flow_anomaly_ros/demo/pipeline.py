@@ -207,7 +207,14 @@ def run_demo(
         p.stage(f"live run: nodes as processes, bag replayed over DDS at {cfg.replay_rate}x, outputs recorded")
         total = sum(truth["message_counts"].values())
         with tqdm(total=total, desc="      replay", unit="msg", file=sys.stderr, leave=False) as bar:
-            live_ev = evaluate_live(bag, models, rate=cfg.replay_rate, progress=bar, log_dir=cache / "logs")
+            live_ev = evaluate_live(
+                bag,
+                models,
+                rate=cfg.replay_rate,
+                progress=bar,
+                log_dir=report_dir / "node_logs",
+                outputs_bag=report_dir / "live_outputs",
+            )
         agree = agreement(offline, live_ev)
         p.info(f"agreement: {agree}")
     p.stage(f"report -> {report_dir}/index.html")
