@@ -140,6 +140,10 @@ def test_outputs_carry_the_input_header_and_resolution(camera_process, ros_node)
     assert summary.backend.startswith("onnxruntime") and summary.score_method == "anomaly_prob"
     assert summary.threshold == pytest.approx(threshold, rel=1e-6)
     assert summary.latency_ms > 0
+    status = h.wait_for_diag(lambda s: _values(s).get("frames_processed", "0") != "0")
+    values = _values(status)
+    assert values["backend"] == summary.backend and "requested explicitly" in values["backend_selection"]
+    assert float(values["latency_p50_ms"]) > 0 and float(values["inference_p50_ms"]) > 0
 
 
 def test_mask_equals_the_offline_backend_and_matches_ground_truth_as_well(camera_process, ros_node, offline_backend):

@@ -159,6 +159,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         self.backend: Any = None
+        self.backend_selection = ""  # how backend=auto chose (each candidate and why it was skipped)
         self.processor: FrameProcessor | None = None
         self._pubs: dict[str, Any] = {}
         self._subscription = None
@@ -224,9 +225,9 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         for name, enabled in wanted.items():
             if enabled:
                 self._pubs[name] = self.create_publisher(ImageAnomaly if name == "summary" else Image, f"~/{name}", qos)
-        selection = "; ".join(f"{n} -> {why}" for n, why in getattr(self.backend, "selection", []))
+        self.backend_selection = "; ".join(f"{n} -> {why}" for n, why in getattr(self.backend, "selection", []))
         self.get_logger().info(
-            f"backend {self.backend.name} ({selection}); score {method} >= {threshold:g}; "
+            f"backend {self.backend.name} ({self.backend_selection}); score {method} >= {threshold:g}; "
             f"outputs {', '.join(self._pubs)}"
         )
 
@@ -375,6 +376,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         with self._lock:
             values: dict[str, Any] = {
                 "backend": self.backend.name if self.backend is not None else "none",
+                "backend_selection": self.backend_selection,
                 "model_path": self.params.get("model_path", ""),
                 "score_method": self.processor.method if self.processor else "",
                 "threshold": self.processor.threshold if self.processor else float("nan"),
