@@ -192,6 +192,8 @@ def _ts_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, str]
             "output_qos": "reliable",
             "output_qos_depth": 1000,
             "retry_period_s": 0.0,
+            # a finite replay ends in silence: do not let the node advance time into STALE windows after the bag
+            "input_timeout_s": 0.0,
         },
     )
 

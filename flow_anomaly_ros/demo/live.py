@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+READY_QUIET_S = 0.5  # once the expected outputs are in, stop after this long without a new message
+
 
 @dataclass
 class NodeLaunch:
@@ -122,8 +124,8 @@ def replay_and_record(
     """Record ``output_topics`` (topic -> type) while playing ``bag``; returns once outputs stopped arriving.
 
     Playback starts when every topic in ``wait_topics`` has a subscriber (the nodes are up). After the last input,
-    recording continues until ``outputs_ready(counts)`` is true or no output arrived for ``settle_s`` seconds
-    (bounded by ``max_drain_s``), so the nodes' last results are not cut off.
+    recording continues until no output arrived for ``READY_QUIET_S`` once ``outputs_ready(counts)`` is true, or
+    for ``settle_s`` otherwise (bounded by ``max_drain_s``), so the nodes' last results are not cut off.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -162,15 +164,14 @@ def replay_and_record(
         drain_start = time.monotonic()
         while time.monotonic() - drain_start < max_drain_s:
             counts = dict(recorder.counts)
-            if outputs_ready is not None and outputs_ready(counts):
-                time.sleep(0.2)
-                break
             total = sum(counts.values())
             if total != last_total:
                 last_total, last_change = total, time.monotonic()
-            elif time.monotonic() - last_change > settle_s:
+            quiet = time.monotonic() - last_change
+            ready = outputs_ready is not None and outputs_ready(counts)
+            if quiet > (READY_QUIET_S if ready else settle_s):
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         player.close()
     finally:
         recorder.close()
