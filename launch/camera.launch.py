@@ -10,6 +10,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from flow_anomaly_ros.ros.runner import node_parameters
 from launch import LaunchDescription
 
 PACKAGE = "flow_anomaly_ros"
@@ -47,7 +48,7 @@ def _camera_node(context, *args, **kwargs):
             executable="camera_anomaly_node",
             name="camera_anomaly_node",
             namespace=get("namespace"),
-            parameters=[params_file, overrides],
+            parameters=[node_parameters(params_file, "camera_anomaly_node"), overrides],
             ros_arguments=["--log-level", get("log_level")],
             output="screen",
             emulate_tty=True,

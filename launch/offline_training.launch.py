@@ -13,6 +13,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from flow_anomaly_ros.ros.runner import node_parameters
 from launch import LaunchDescription
 
 PACKAGE = "flow_anomaly_ros"
@@ -38,7 +39,10 @@ def _trainer_node(context, *args, **kwargs):
             executable="synthesis_trainer_node",
             name="synthesis_trainer_node",
             namespace=get("namespace"),
-            parameters=[params_file, {"use_sim_time": get("use_sim_time").lower() in ("true", "1", "yes")}],
+            parameters=[
+                node_parameters(params_file, "synthesis_trainer_node"),
+                {"use_sim_time": get("use_sim_time").lower() in ("true", "1", "yes")},
+            ],
             remappings=remaps,
             ros_arguments=["--log-level", get("log_level")],
             output="screen",

@@ -10,6 +10,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from flow_anomaly_ros.ros.runner import node_parameters
 from launch import LaunchDescription
 
 PACKAGE = "flow_anomaly_ros"
@@ -43,7 +44,7 @@ def _timeseries_node(context, *args, **kwargs):
             executable="timeseries_anomaly_node",
             name="timeseries_anomaly_node",
             namespace=get("namespace"),
-            parameters=[params_file, overrides],
+            parameters=[node_parameters(params_file, "timeseries_anomaly_node"), overrides],
             ros_arguments=["--log-level", get("log_level")],
             output="screen",
             emulate_tty=True,

@@ -305,3 +305,26 @@ else:
 
     def test_vehicle_launch_starts_both_nodes_and_the_camera_outputs_flow():
         pytest.skip("launch_pytest is not installable from PyPI (no ROS 2 launch here); runs under colcon test")
+
+
+def test_launch_files_read_each_nodes_section_whatever_the_key_style(tmp_path):
+    from flow_anomaly_ros.ros.runner import node_parameters
+
+    camera = node_parameters(CONFIG_DIR / "camera_anomaly.yaml", "camera_anomaly_node")
+    assert (
+        camera
+        == yaml.safe_load((CONFIG_DIR / "camera_anomaly.yaml").read_text())["/**/camera_anomaly_node"][
+            "ros__parameters"
+        ]
+    )
+    assert "model_dir" in node_parameters(CONFIG_DIR / "timeseries_anomaly.yaml", "timeseries_anomaly_node")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(
+        "/**:\n  ros__parameters: {a: 1, b: 1}\n"
+        "camera_anomaly_node:\n  ros__parameters: {b: 2, c: 2}\n"
+        "/car/camera_anomaly_node:\n  ros__parameters: {c: 3}\n"
+        "other_node:\n  ros__parameters: {a: 9}\n"
+    )
+    assert node_parameters(mixed, "camera_anomaly_node") == {"a": 1, "b": 2, "c": 3}
+    for name in ("camera.launch.py", "timeseries.launch.py", "offline_training.launch.py"):
+        assert "node_parameters(params_file" in (LAUNCH_DIR / name).read_text(), name  # namespace-proof

@@ -48,37 +48,36 @@ def test_user_mistakes_are_clear_errors(cli_args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("sig", "nodes"), [(signal.SIGTERM, "camera,timeseries"), (signal.SIGINT, "camera")])
-def test_up_runs_the_nodes_in_one_process_and_stops_cleanly(ros_node, sig, nodes):
+@pytest.mark.parametrize(
+    ("sig", "nodes", "namespace"), [(signal.SIGTERM, "camera,timeseries", ""), (signal.SIGINT, "camera", "up1")]
+)
+def test_up_runs_the_nodes_in_one_process_and_stops_cleanly(ros_node, tmp_path, sig, nodes, namespace):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
     from flow_anomaly_ros.ros.image_conversion import array_to_image
     from flow_anomaly_ros.ros.qos import qos_from_name
 
-    proc = start_python(
-        [
-            "-m",
-            "flow_anomaly_ros.cli",
-            "up",
-            "--nodes",
-            nodes,
-            "-p",
-            f"camera_anomaly_node:model_path:={camera_model_dir()}",
-            "-p",
-            "camera_anomaly_node:backend:=onnxruntime",
-            "-p",
-            "diagnostics_period_s:=0.2",
-            "-r",
-            "image:=/up_test/image",
-        ]
-    )
+    cli = ["-m", "flow_anomaly_ros.cli", "up", "--nodes", nodes, "-p", "diagnostics_period_s:=0.2"]
+    if namespace:  # a user's own parameter file keyed by the bare node name must still apply inside the namespace
+        config = tmp_path / "camera.yaml"
+        config.write_text(
+            "camera_anomaly_node:\n  ros__parameters:\n"
+            f"    model_path: '{camera_model_dir()}'\n    backend: onnxruntime\n    image_topic: /up_test/image\n"
+        )
+        cli += ["--config", str(config), "--namespace", namespace]
+    else:
+        cli += ["-p", f"camera_anomaly_node:model_path:={camera_model_dir()}"]
+        cli += ["-p", "camera_anomaly_node:backend:=onnxruntime", "-r", "image:=/up_test/image"]
+    prefix = f"/{namespace}" if namespace else ""
+    proc = start_python(cli)
     try:
         masks, names = [], set()
-        ros_node.create_subscription(Image, "/camera_anomaly_node/mask", masks.append, qos_from_name("reliable", 1))
         ros_node.create_subscription(
-            DiagnosticArray, "/diagnostics", lambda m: names.update(s.name for s in m.status), 10
+            Image, f"{prefix}/camera_anomaly_node/mask", masks.append, qos_from_name("reliable", 1)
         )
+        on_diagnostics = lambda m: names.update(s.name for s in m.status)  # noqa: E731
+        ros_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         pub = ros_node.create_publisher(Image, "/up_test/image", qos_from_name("reliable", 1))
         assert spin_until(ros_node, lambda: pub.get_subscription_count() > 0, timeout=90.0), stop_process(proc)
         frame = array_to_image(scene_frames(1)[0].image, "rgb8")
@@ -88,7 +87,7 @@ def test_up_runs_the_nodes_in_one_process_and_stops_cleanly(ros_node, sig, nodes
             return spin_until(ros_node, lambda: bool(masks), timeout=1.0)
 
         assert spin_until(ros_node, published_and_received, timeout=30.0)
-        expected = {f"/{name}_anomaly_node" for name in nodes.split(",")}
+        expected = {f"{prefix}/{name}_anomaly_node" for name in nodes.split(",")}
         assert spin_until(ros_node, lambda: expected <= names, timeout=20.0), names
         assert proc.poll() is None
     finally:

@@ -11,7 +11,8 @@ Examples::
     flow-anomaly up --nodes camera --config my_camera.yaml -p camera_anomaly_node:model_path:=models/seg
     flow-anomaly up --namespace car1 --use-sim-time -r image:=/camera/image_raw
 
-The parameter files use the node names as keys (``/**/camera_anomaly_node``), exactly as with ``ros2 launch``.
+The parameter files use the node names as keys, exactly as with ``ros2 launch``; with ``--namespace``, bare keys
+(``timeseries_anomaly_node:``) are read as ``/**/timeseries_anomaly_node`` so that they still apply.
 """
 
 from __future__ import annotations
@@ -55,6 +56,35 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "config"
 
 
+def node_parameters(params_file: str | Path, node_name: str) -> dict:
+    """The ``ros__parameters`` for ``node_name`` in a parameter file, whatever key style it uses.
+
+    Keys may be ``/**``, ``/**/name``, ``name`` or ``/ns/name``; all sections that name the node (or ``/**``) are
+    merged in file order, later ones winning, as rcl does. Used by the launch files, which pass the result as a
+    dict so that a file keyed by the bare node name still applies when a ``namespace`` is given (rcl reads a bare
+    ``name`` key as ``/name`` and would silently ignore it for ``/ns/name``).
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    out: dict = {}
+    for key, section in data.items():
+        if (key == "/**" or str(key).rstrip("/").rsplit("/", 1)[-1] == node_name) and isinstance(section, dict):
+            out.update(section.get("ros__parameters") or {})
+    return out
+
+
+def any_namespace_copy(params_file: Path, out_dir: Path) -> Path:
+    """A copy of a parameter file whose bare node-name keys (``name:``) become ``/**/name:`` (any namespace)."""
+    import yaml
+
+    data = yaml.safe_load(params_file.read_text()) or {}
+    renamed = {(k if str(k).startswith("/") else f"/**/{k}"): v for k, v in data.items()}
+    out = out_dir / params_file.name
+    out.write_text(yaml.safe_dump(renamed, sort_keys=False))
+    return out
+
+
 def parse_nodes(text: str) -> list[str]:
     """``camera,timeseries`` → ``["camera", "timeseries"]``; unknown names are a UserError listing the valid ones."""
     from flow_anomaly_ros.cli import UserError
@@ -74,6 +104,11 @@ def ros_arguments(args: argparse.Namespace, nodes: Sequence[str]) -> list[str]:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UserError(f"parameter file(s) not found: {', '.join(missing)}")
+    if args.namespace:  # bare `name:` keys would not match /namespace/name (see node_parameters)
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="flow_anomaly_up_"))
+        files = [any_namespace_copy(f, tmp) for f in files]
     argv = ["flow-anomaly-up", "--ros-args"]
     for f in files:
         argv += ["--params-file", str(f)]
