@@ -25,6 +25,9 @@ from typing import Any
 import yaml
 
 READY_QUIET_S = 0.5  # once the expected outputs are in, stop after this long without a new message
+# Once every node subscription is visible to the player, wait this long before the first message so that the
+# nodes' side of DDS discovery has matched the player too (otherwise the head of the bag can be lost under load).
+DISCOVERY_SETTLE_S = 3.0
 
 
 @dataclass
@@ -155,6 +158,7 @@ def replay_and_record(
             wait_for_subscribers=1 if wait_topics else 0,
             wait_topics=list(wait_topics),
             wait_timeout_s=wait_timeout_s,
+            settle_s=DISCOVERY_SETTLE_S,
             progress=progress,
             on_publish=on_publish,
         )

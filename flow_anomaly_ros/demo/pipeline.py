@@ -220,7 +220,9 @@ def run_demo(
     p.stage(f"report -> {report_dir}/index.html")
     p.end()
     timings = [*p.timings, {"step": "total", "seconds": round(p.elapsed_s, 1)}]
-    index = write_report(report_dir, bag, offline, live_ev, agree, timings)
+    default_cache = cache == cache_dir()
+    reproduce = "" if default_cache else f" --cache-dir {cache}"
+    index = write_report(report_dir, bag, offline, live_ev, agree, timings, reproduce=reproduce)
     p.end()
     print(f"\nReport: {index.resolve()}", flush=True)
     print(f"Total {p.elapsed_s:.0f} s. Cache: {cache}", flush=True)

@@ -277,6 +277,28 @@ text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd}.
 """
 
 
+def _headline(offline: Any, live: Any | None, det: str) -> str:
+    """One paragraph with the numbers a reader looks for first."""
+    shown = live or offline
+    m = shown.metrics.get("timeseries", {}).get(det, {})
+    cam = shown.metrics.get("camera", {})
+    mode = "live over DDS" if live is not None else "offline"
+    parts = []
+    if m:
+        parts.append(
+            f"time series ({det}, {mode}): event recall {_fmt(m.get('event_recall', float('nan')))} "
+            f"of {_fmt(m.get('events', 0))} injected faults, ROC-AUC {_fmt(m.get('roc_auc', float('nan')))}, "
+            f"AP {_fmt(m.get('ap', float('nan')))}, mean detection delay {_fmt(m.get('mean_delay_s', float('nan')))} s"
+        )
+    if cam:
+        parts.append(
+            f"camera ({mode}): pixel AP {_fmt(cam.get('ap', float('nan')))}, AUROC "
+            f"{_fmt(cam.get('auroc', float('nan')))}, FPR95 {_fmt(cam.get('fpr95', float('nan')))}, anomalous frames "
+            f"found {_fmt(cam.get('frame_recall', float('nan')))} (precision {_fmt(cam.get('frame_precision', 0.0))})"
+        )
+    return "<p><b>Headline.</b> " + html.escape("; ".join(parts)) + ".</p>" if parts else ""
+
+
 def _provenance_rows(truth: dict[str, Any]) -> list[dict[str, Any]]:
     counts = truth.get("message_counts", {})
     rows = []
@@ -307,6 +329,7 @@ def write_report(
     agreement: dict[str, Any] | None = None,
     timings: list[dict[str, Any]] | None = None,
     extra_notes: Sequence[str] = (),
+    reproduce: str = "",
 ) -> Path:
     """Write ``index.html`` and the PNGs into ``out_dir``; returns the path of index.html."""
     from flow_anomaly_ros.demo.recording import load_camera_labels, load_ground_truth
@@ -331,8 +354,10 @@ def write_report(
     det_rows = [{"detector": n, **_scalar_items(m)} for n, m in ts_metrics.items()]
     per_kind = []
     for n, m in ts_metrics.items():
-        for kind, v in (m.get("per_fault_type") or {}).items():
-            per_kind.append({"detector": n, "fault type": kind, **(v if isinstance(v, dict) else {"value": v})})
+        recall, auc = m.get("per_fault_recall") or {}, m.get("per_fault_auc") or {}
+        for kind in sorted(set(recall) | set(auc)):
+            per_kind.append({"detector": n, "fault type": kind, "event recall": recall.get(kind, float("nan")),
+                             "ROC-AUC (fault windows vs clean)": auc.get(kind, float("nan"))})  # fmt: skip
     cam_rows = [{"evaluation": "offline", **_scalar_items(offline.metrics.get("camera", {}))}]
     ts_live_rows = []
     if live is not None:
@@ -359,6 +384,7 @@ def write_report(
             else "Offline evaluation only (no live run)."
         )
         + "</p>",
+        _headline(offline, live, det),
         "<h2>What is real and what is not</h2>",
         "<p class='note'>Only the IMU and GPS signals are <span class='real'>real</span> (KITTI raw drive, via the "
         "gtsam package; CC BY-NC-SA 3.0, Geiger et al. 2013). CAN traffic and camera images are "
@@ -403,8 +429,8 @@ def write_report(
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in extra_notes] + ["</ul>"]
     parts += [
         "<h2>Reproduce</h2>",
-        f"<pre>flow-anomaly evaluate {html.escape(str(bag))}          # offline, no DDS\n"
-        f"flow-anomaly evaluate {html.escape(str(bag))} --live   # starts the nodes, replays over DDS</pre>",
+        f"<pre>flow-anomaly evaluate {html.escape(str(bag))}{html.escape(reproduce)}          # offline, no DDS\n"
+        f"flow-anomaly evaluate {html.escape(str(bag))}{html.escape(reproduce)} --live   # nodes + DDS replay</pre>",
         "</body></html>",
     ]
     index = out_dir / "index.html"

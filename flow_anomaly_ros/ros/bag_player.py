@@ -29,7 +29,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from flow_anomaly_ros.data.bags import BagError, BagMessage, BagReader, qos_summary
 
 DEFAULT_CLOCK_HZ = 40.0  # ros2 bag play --clock default frequency
-SUBSCRIBER_SETTLE_S = 0.5  # after the publisher side matched, measured: 0.1-0.3 s until the reader side matched
+# After the publisher side matched, the reader side needs to match too before data reaches it: measured 0.1-0.3 s
+# on an idle machine, over a second on a loaded one (hence a longer settle for evaluation runs).
+SUBSCRIBER_SETTLE_S = 0.5
 
 
 def message_class(msgtype: str) -> Any:
@@ -91,6 +93,7 @@ class BagPlayer:
         wait_for_subscribers: int = 0,
         wait_timeout_s: float = 10.0,
         wait_topics: Iterable[str] | None = None,
+        settle_s: float = SUBSCRIBER_SETTLE_S,
         progress: Any | None = None,
         on_publish: Callable[[BagMessage, int], None] | None = None,
     ) -> None:
@@ -108,6 +111,7 @@ class BagPlayer:
         self.wait_for_subscribers = int(wait_for_subscribers)
         self.wait_timeout_s = wait_timeout_s
         self.wait_topics = list(wait_topics) if wait_topics is not None else None
+        self.settle_s = float(settle_s)
         self.progress = progress
         self.on_publish = on_publish  # called with (message, wall-clock ns just after publish), e.g. for latency
         self.stats = PlayStats()
@@ -168,7 +172,7 @@ class BagPlayer:
             if all(p.get_subscription_count() >= self.wait_for_subscribers for p in watched.values()):
                 # The publisher sees the match before the subscriber has matched back; data sent in that gap is
                 # dropped by the reader, so give discovery a moment to finish on the other side.
-                time.sleep(SUBSCRIBER_SETTLE_S)
+                time.sleep(self.settle_s)
                 return
             time.sleep(0.02)
         lacking = [t for t, p in watched.items() if p.get_subscription_count() < self.wait_for_subscribers]
