@@ -173,7 +173,7 @@ def train_detector(cfg: DemoConfig, detector: str, out: Path) -> Path:
 
     pcfg, feats, info = training_features(cfg.ts_train_split, cfg.ts_calibrate_split)
     params = dict(QUICK_OVERRIDES.get(detector, {})) if cfg.ts_quick else {}
-    model = fit_model(pcfg, feats, detector, info["doc"], params, progress=True, threads=2)
+    model = fit_model(pcfg, feats, detector, info["doc"], params, progress=True, threads=1)
     training = {
         "data": info["data"],
         "n_train": int(feats.x_train.shape[0]),

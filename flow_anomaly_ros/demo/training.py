@@ -43,6 +43,9 @@ def train_segmentation(cfg: DemoConfig, out: Path, progress: bool = True) -> Pat
                 "freeze_bn": False,  # from random init BatchNorm must learn its statistics
                 "device": "cpu",
                 "seed": cfg.seed,
+                # one core: the time-series training runs on the other one at the same time (measured: two
+                # threads each on two cores are 4x slower than one each)
+                "threads": 1,
             },
             "validation": {"every": cfg.seg_train_steps, "num_images": 4, "size": [h, w]},
             "output": {"dir": str(run_dir), "checkpoint_every": max(25, cfg.seg_train_steps // 6), "resume": True},
