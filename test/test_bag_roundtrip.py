@@ -265,3 +265,42 @@ def test_unknown_topic_to_play_is_a_clear_error(tmp_path, ros_node):
         BagPlayer(ros_node, tmp_path / "src", topics=["/nope"])
     with pytest.raises(BagError, match="rate"):
         BagPlayer(ros_node, tmp_path / "src", rate=0)
+
+
+def test_bag_play_cli_publishes_every_message_and_clock(tmp_path, ros_node):
+    """`flow-anomaly bag play BAG --clock --rate 4 --wait-for-subscribers 1` in its own process."""
+    from rosgraph_msgs.msg import Clock
+    from rosutil import spin_until
+    from sensor_msgs.msg import Imu
+
+    msgs = real_messages(40)
+    write_bag(tmp_path / "src", "sqlite3", msgs)
+    got: list[bytes] = []
+    clocks: list[int] = []
+    ros_node.create_subscription(Imu, "/imu/data", got.append, 100, raw=True)
+    ros_node.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 50)
+    play = start_python(
+        [
+            "-m",
+            "flow_anomaly_ros.cli",
+            "bag",
+            "play",
+            str(tmp_path / "src"),
+            "--clock",
+            "--rate",
+            "4",
+            "--topics",
+            "/imu/data",
+            "--wait-for-subscribers",
+            "1",
+        ]
+    )
+    try:
+        assert spin_until(ros_node, lambda: len(got) == 40, timeout=30)
+        spin_until(ros_node, lambda: play.poll() is not None, timeout=15)
+    finally:
+        log = stop_process(play)
+    assert play.returncode == 0, log
+    assert got == [d for t, _, d in msgs if t == "/imu/data"]
+    assert clocks and min(clocks) >= T0 and max(clocks) <= msgs[-1][1] + 100_000_000
+    assert "played 40 messages" in log
