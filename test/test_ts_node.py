@@ -242,7 +242,7 @@ def _bad_input_replay(world) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
 
 def _affected(scores, t0: float, case: tuple[float, float], window_s: float) -> list:
     lo, hi = t0 + case[0], t0 + case[1]
-    return [s for s in scores if end_s(s) > lo and end_s(s) - window_s <= hi]
+    return [s for s in scores if end_s(s) > lo and end_s(s) - window_s < hi]  # windows cover [end - window, end)
 
 
 def test_bad_input_each_case_has_its_behaviour_and_the_node_survives(ts_world, ros_node, node_procs):

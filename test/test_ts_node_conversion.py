@@ -70,3 +70,19 @@ def test_replay_events_match_what_the_core_scores_offline():
         else:
             m = can_message(frame_cls, float(e["stamp"]), int(e["can_id"]), e["data"].tobytes(), int(e["dlc"]))
             assert can_event(m) == (float(e["stamp"]), int(e["can_id"]), e["data"].tobytes(), 8, False, False)
+
+
+def test_parameter_file_documents_every_node_parameter_with_valid_defaults():
+    import yaml
+    from rosutil import REPO
+
+    from flow_anomaly_ros.ros.managed_node import COMMON_PARAMS
+    from flow_anomaly_ros.ros.timeseries_node import PARAMS
+
+    doc = yaml.safe_load((REPO / "config" / "timeseries_anomaly.yaml").read_text())
+    values = doc["/**/timeseries_anomaly_node"]["ros__parameters"]
+    table = {p.name: p for p in (*COMMON_PARAMS, *PARAMS)}
+    assert set(values) == set(table)
+    for name, value in values.items():
+        assert type(value) is type(table[name].default), name  # ROS refuses 1 for a double parameter
+        assert table[name].problems(value) == [], name

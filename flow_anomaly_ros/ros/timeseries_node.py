@@ -181,6 +181,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self.received: Counter[str] = Counter()  # per input source
         self.lost_in_transport: Counter[str] = Counter()  # per input source, from publisher sequence-number gaps
         self._last_seq: dict[bytes, int] = {}  # per publisher (gid): latest publication sequence number
+        self._last_stamp_of: dict[str, float] = {}  # per input topic: stamp of the latest message received
         self.received_can_id: Counter[int] = Counter()
         self.rejected = 0  # messages the core (or the node) refused; categories are in the core's counters
         self.last_rejection = ""
@@ -267,7 +268,6 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
     def activate_core(self) -> None:
         params = self.params
         self._reset_stats()
-        self.scorer.reset("activated")  # nothing from before a deactivation leaks into new windows
         self._queue = BoundedQueue(params["queue_size"])
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="ts_scoring", daemon=True)
@@ -319,6 +319,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         if self._worker is not None:
             self._worker.join(timeout=5.0)
             self._worker = None
+            if self.scorer is not None:  # nothing from before a deactivation leaks into the windows after it
+                self.scorer.reset("deactivated")
 
     def destroy_node(self) -> None:
         """Stop the scoring thread before the node goes (run_node destroys nodes without a lifecycle shutdown)."""
@@ -341,24 +343,31 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             return self.get_clock().now().nanoseconds * 1e-9
         return None
 
-    def _receipt(self, source: str, info: dict[str, Any]) -> float:
-        """Wall time the middleware received the message (so latency includes waiting for the executor); counts
-        messages lost in transport from gaps in the publisher's sequence numbers (best-effort QoS overwrites)."""
+    def _receipt(self, source: str, stamp: float, info: dict[str, Any]) -> float:
+        """Wall time the middleware received the message (so latency includes waiting for the executor).
+
+        Also counts messages lost in transport, from gaps in the publisher's sequence numbers (best-effort QoS
+        overwrites them when the node falls behind): they were stamped between this topic's previous message and
+        this one, so the windows over that stretch are marked INVALID_INPUT like drops of the node's own queue.
+        """
         seq, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
         if seq and gid:
             key = bytes(gid["data"])
             last = self._last_seq.get(key)
             if last is not None and seq > last + 1:
                 self.lost_in_transport[source] += seq - last - 1
+                self._note_drop(self._last_stamp_of.get(source, stamp))
+                self._note_drop(stamp)
             if last is None or seq > last:
                 self._last_seq[key] = seq
+        self._last_stamp_of[source] = stamp
         received_ns = info.get("received_timestamp") or 0
         return received_ns * 1e-9 if received_ns > 0 else time.time()
 
     def _imu_callback(self, source: str) -> Callable[[Any, Any], None]:
         def on_imu(msg: Any, info: dict[str, Any]) -> None:
-            t_recv = self._receipt(source, info)
             event = imu_event(msg, self._stamp_override())
+            t_recv = self._receipt(source, event[0], info)
             self.received[source] += 1
             if not self._queue.put((t_recv, "imu", source, event)):
                 self._note_drop(event[0])
@@ -366,8 +375,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         return on_imu
 
     def _on_can(self, msg: Any, info: dict[str, Any]) -> None:
-        t_recv = self._receipt("can", info)
         event = can_event(msg, self._stamp_override())
+        t_recv = self._receipt("can", event[0], info)
         self.received["can"] += 1
         self.received_can_id[event[1]] += 1
         if msg.is_rtr:
@@ -377,6 +386,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             self._note_drop(event[0])
 
     def _note_drop(self, stamp: float) -> None:
+        if not math.isfinite(stamp):
+            return
         with self._stats_lock:
             self._drop_lo = min(self._drop_lo, stamp)
             self._drop_hi = max(self._drop_hi, stamp)
@@ -488,10 +499,15 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
     def _to_message(self, result: Any) -> AnomalyScore:
         status, status_message = int(result.status), str(result.status_message)
         with self._stats_lock:
-            if self._drop_lo <= result.end_s and self._drop_hi >= result.start_s:
+            if self._drop_lo < result.end_s and self._drop_hi >= result.start_s:  # window is [start, end)
                 status = STATUS_INVALID_INPUT if status == STATUS_OK else status
                 status_message = "; ".join(
-                    m for m in (status_message, "input messages dropped (queue full) inside this window") if m
+                    m
+                    for m in (
+                        status_message,
+                        "input messages dropped (queue full) or lost in transport inside this window",
+                    )
+                    if m
                 )
             if result.start_s > self._drop_hi:
                 self._drop_lo, self._drop_hi = math.inf, -math.inf
