@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -295,7 +296,274 @@ class RealNVPDetector(Detector):
 
 
 # ------------------------------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Detector]] = {"realnvp": RealNVPDetector}
+def _average_path_length(n: np.ndarray) -> np.ndarray:
+    """c(n) of Liu et al. (2008): mean path length of an unsuccessful BST search among n points."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros_like(n)
+    out[n == 2] = 1.0
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+class IsolationForestDetector(Detector):
+    """Isolation Forest (Liu et al. 2008) via scikit-learn; stored as flat tree arrays, scored in numpy.
+
+    Score = ``2 ** (-E[h(x)] / c(max_samples))`` (scikit-learn's ``-score_samples``), higher = more anomalous.
+    """
+
+    name = "iforest"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"n_estimators": 100, "contamination": 0.05, "max_samples": "auto", "seed": 0}
+
+    def _fit(self, x: np.ndarray, progress: bool) -> None:
+        from sklearn.ensemble import IsolationForest
+
+        est = IsolationForest(
+            n_estimators=int(self.params["n_estimators"]),
+            contamination=float(self.params["contamination"]),
+            max_samples=self.params["max_samples"],
+            random_state=int(self.params["seed"]),
+        ).fit(x)
+        lefts, rights, feats, thrs, values, roots = [], [], [], [], [], []
+        offset = 0
+        for tree, features in zip(est.estimators_, est.estimators_features_):
+            t = tree.tree_
+            n = t.node_count
+            left = t.children_left.astype(np.int64)
+            right = t.children_right.astype(np.int64)
+            depth = np.zeros(n)
+            for i in range(n):  # parents precede children in scikit-learn's node order
+                if left[i] >= 0:
+                    depth[left[i]] = depth[right[i]] = depth[i] + 1
+            leaf = left < 0
+            lefts.append(np.where(leaf, np.arange(n), left) + offset)
+            rights.append(np.where(leaf, np.arange(n), right) + offset)
+            feats.append(np.where(leaf, 0, np.asarray(features)[np.maximum(t.feature, 0)]))
+            thrs.append(t.threshold)
+            values.append(np.where(leaf, depth + _average_path_length(t.n_node_samples), 0.0))
+            roots.append(offset)
+            offset += n
+        self.left, self.right = np.concatenate(lefts), np.concatenate(rights)
+        self.feature, self.threshold = np.concatenate(feats), np.concatenate(thrs)
+        self.leaf_value, self.roots = np.concatenate(values), np.array(roots)
+        self.denominator = float(len(roots) * _average_path_length(np.array([est.max_samples_]))[0])
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        x32 = x.astype(np.float32).astype(np.float64)  # scikit-learn's trees compare float32 inputs
+        rows = np.arange(len(x))[:, None]
+        node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
+        while True:
+            nxt = np.where(x32[rows, self.feature[node]] <= self.threshold[node], self.left[node], self.right[node])
+            if np.array_equal(nxt, node):
+                break
+            node = nxt
+        depth = self.leaf_value[node].sum(axis=1)
+        return 2.0 ** (-depth / self.denominator)
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {
+            "left": self.left,
+            "right": self.right,
+            "feature": self.feature,
+            "threshold": self.threshold,
+            "leaf_value": self.leaf_value,
+            "roots": self.roots,
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {"denominator": self.denominator}
+
+    def _restore(self, tensors: dict[str, np.ndarray], state: dict[str, Any], path: Path) -> None:
+        for k in ("left", "right", "feature", "roots"):
+            setattr(self, k, np.asarray(tensors[k], dtype=np.int64))
+        self.threshold = np.asarray(tensors["threshold"], np.float64)
+        self.leaf_value = np.asarray(tensors["leaf_value"], np.float64)
+        self.denominator = float(state["denominator"])
+        n = len(self.left)
+        if not (len(self.right) == len(self.feature) == len(self.threshold) == n) or (
+            n and (self.left.max() >= n or self.right.max() >= n or self.feature.max() >= self.n_features_)
+        ):
+            raise ModelFileError(f"Isolation Forest arrays in {path} are inconsistent")
+
+
+class OneClassSVMDetector(Detector):
+    """One-Class SVM (Schölkopf et al. 2001), RBF kernel; stored as support vectors, scored in numpy.
+
+    Score = ``-decision_function`` (positive outside the learned support). Fitting is O(n²): at most
+    ``max_train_samples`` windows (seeded subsample) are used.
+    """
+
+    name = "ocsvm"
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "kernel": "rbf",
+        "gamma": 0.1,
+        "nu": 0.05,
+        "max_train_samples": 4000,
+        "seed": 0,
+    }
+
+    def _fit(self, x: np.ndarray, progress: bool) -> None:
+        from sklearn.svm import OneClassSVM
+
+        if self.params["kernel"] != "rbf":
+            raise ValueError("only the RBF kernel is supported (the paper's choice)")
+        cap = int(self.params["max_train_samples"])
+        if len(x) > cap:
+            x = x[np.sort(np.random.default_rng(int(self.params["seed"])).choice(len(x), cap, replace=False))]
+        est = OneClassSVM(
+            kernel="rbf", gamma=float(self.params["gamma"]), nu=float(self.params["nu"]), cache_size=1000
+        ).fit(x)
+        self.sv = np.asarray(est.support_vectors_, np.float64)
+        self.dual = np.asarray(est.dual_coef_[0], np.float64)
+        self.intercept = float(est.intercept_[0])
+        self.fit_summary_ = {"n_train": len(x), "n_support": len(self.sv)}
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        gamma = float(self.params["gamma"])
+        d2 = (x * x).sum(1)[:, None] + (self.sv * self.sv).sum(1)[None, :] - 2.0 * x @ self.sv.T
+        return -(np.exp(-gamma * np.maximum(d2, 0.0)) @ self.dual + self.intercept)
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"support_vectors": self.sv, "dual_coef": self.dual, "intercept": np.array([self.intercept])}
+
+    def _restore(self, tensors: dict[str, np.ndarray], state: dict[str, Any], path: Path) -> None:
+        self.sv = np.asarray(tensors["support_vectors"], np.float64)
+        self.dual = np.asarray(tensors["dual_coef"], np.float64)
+        self.intercept = float(np.asarray(tensors["intercept"])[0])
+        if self.sv.ndim != 2 or self.sv.shape[1] != self.n_features_ or len(self.dual) != len(self.sv):
+            raise ModelFileError(f"One-Class SVM arrays in {path} are inconsistent")
+
+
+class EllipticEnvelopeDetector(Detector):
+    """Elliptic Envelope (robust covariance, MCD); score = squared Mahalanobis distance to the robust centre."""
+
+    name = "elliptic"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"contamination": 0.05, "seed": 0}
+
+    def _fit(self, x: np.ndarray, progress: bool) -> None:
+        import warnings
+
+        from sklearn.covariance import EllipticEnvelope
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "covariance matrix is not full rank" on flat features
+            warnings.simplefilter("ignore", UserWarning)
+            est = EllipticEnvelope(
+                contamination=float(self.params["contamination"]), random_state=int(self.params["seed"])
+            ).fit(x)
+        self.location = np.asarray(est.location_, np.float64)
+        self.precision = np.asarray(est.get_precision(), np.float64)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        d = x - self.location
+        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {"location": self.location, "precision": self.precision}
+
+    def _restore(self, tensors: dict[str, np.ndarray], state: dict[str, Any], path: Path) -> None:
+        self.location = np.asarray(tensors["location"], np.float64)
+        self.precision = np.asarray(tensors["precision"], np.float64)
+        if self.location.shape != (self.n_features_,) or self.precision.shape != (self.n_features_,) * 2:
+            raise ModelFileError(f"Elliptic Envelope arrays in {path} are inconsistent")
+
+
+class AutoencoderDetector(Detector):
+    """Dense autoencoder (the paper: two hidden layers with dropout, bottleneck 2, MSE loss, 100 epochs).
+
+    Encoder ``d -> hidden[0] -> hidden[1] -> bottleneck``, mirrored decoder, ReLU, dropout after each hidden layer;
+    score = mean squared reconstruction error of the window's normalised features.
+    """
+
+    name = "autoencoder"
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "hidden": [32, 16],
+        "bottleneck": 2,
+        "dropout": 0.1,
+        "epochs": 100,
+        "batch_size": 256,
+        "learning_rate": 1e-3,
+        "seed": 0,
+    }
+
+    def _build(self) -> Any:
+        import torch
+
+        h = [int(v) for v in self.params["hidden"]]
+        p = float(self.params["dropout"])
+        dims = [self.n_features_, *h]
+        enc: list[torch.nn.Module] = []
+        for a, b in itertools.pairwise(dims):
+            enc += [torch.nn.Linear(a, b), torch.nn.ReLU(), torch.nn.Dropout(p)]
+        enc.append(torch.nn.Linear(dims[-1], int(self.params["bottleneck"])))
+        dec: list[torch.nn.Module] = []
+        back = [int(self.params["bottleneck"]), *reversed(h)]
+        for a, b in itertools.pairwise(back):
+            dec += [torch.nn.Linear(a, b), torch.nn.ReLU(), torch.nn.Dropout(p)]
+        dec.append(torch.nn.Linear(back[-1], self.n_features_))
+        return torch.nn.Sequential(*enc, *dec)
+
+    def _fit(self, x: np.ndarray, progress: bool) -> None:
+        import torch
+
+        torch.manual_seed(int(self.params["seed"]))
+        gen = torch.Generator().manual_seed(int(self.params["seed"]))
+        self.net = self._build()
+        opt = torch.optim.Adam(self.net.parameters(), lr=float(self.params["learning_rate"]))
+        xt = torch.from_numpy(x.astype(np.float32))
+        bs = int(self.params["batch_size"])
+        epochs = range(int(self.params["epochs"]))
+        if progress:
+            from tqdm import tqdm
+
+            epochs = tqdm(epochs, desc="autoencoder", unit="epoch")
+        loss = torch.tensor(float("nan"))
+        for _ in epochs:
+            self.net.train()
+            perm = torch.randperm(len(xt), generator=gen)
+            for i in range(0, len(perm), bs):
+                xb = xt[perm[i : i + bs]]
+                loss = torch.nn.functional.mse_loss(self.net(xb), xb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        self.net.eval()
+        self.fit_summary_ = {"final_batch_mse": float(loss.detach())}
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            xt = torch.from_numpy(x.astype(np.float32))
+            return ((self.net(xt) - xt) ** 2).mean(dim=1).double().numpy()
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+    def _restore(self, tensors: dict[str, np.ndarray], state: dict[str, Any], path: Path) -> None:
+        import torch
+
+        self.net = self._build()
+        try:
+            self.net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+        except RuntimeError as exc:
+            raise ModelFileError(
+                f"autoencoder weights in {path} do not fit the manifest's architecture: {exc}"
+            ) from exc
+        self.net.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Detector]] = {
+    cls.name: cls
+    for cls in (
+        RealNVPDetector,
+        IsolationForestDetector,
+        OneClassSVMDetector,
+        AutoencoderDetector,
+        EllipticEnvelopeDetector,
+    )
+}
 
 
 def register_detector(cls: type[Detector]) -> type[Detector]:
