@@ -11,14 +11,18 @@ Wiring, and why:
 - Lifecycle node (like ros2_socketcan) from :class:`ManagedAnomalyNode`: configure loads and checks the model
   (missing, corrupt or mismatched -> MODEL_ERROR on ``/diagnostics``, node stays up and retries, no scores),
   activate starts the subscriptions. ``autostart`` (default true) does both without a lifecycle manager.
-- Subscription callbacks only convert the message to an event and append it to a bounded queue; a worker thread
-  drains the queue, scores and publishes. A flood therefore cannot grow memory: when the queue is full the message
-  is dropped and counted, and every window overlapping a drop is published as INVALID_INPUT.
-- Time is message time (header stamps), so bags replay correctly with or without ``use_sim_time``. A stamp more than
-  ``clock_jump_back_s`` behind the newest one is a clock jump (a looping bag): the core is reset, the reset is logged,
-  counted and named in the next scores' status message and in diagnostics. When every input is silent, message time
-  is advanced by the node clock (ROS time, so sim time when ``use_sim_time``) after ``input_timeout_s`` so that the
-  core can report STALE_INPUT instead of going quiet.
+- Subscription callbacks only convert the message to an event and append it to a bounded queue (taking a topic's
+  whole backlog per executor turn, which rclpy makes expensive per message); a worker thread drains the queue, scores
+  and publishes. A flood therefore cannot grow memory: when the queue is full the message is dropped and counted, and
+  every window overlapping a drop, or a transport loss seen as a gap in the publisher's sequence numbers, is
+  published as INVALID_INPUT.
+- Time is message time (header stamps), so bags replay correctly with or without ``use_sim_time``. A window is scored
+  once every input topic has passed its end (a watermark: topics arrive in order but not in step), which is what makes
+  live scores equal offline ones. A stamp more than ``clock_jump_back_s`` behind its topic's newest one is a clock
+  jump (a looping bag): the core is reset, the reset is logged, counted and named in the next scores' status message
+  and in diagnostics. When every input is silent, message time is advanced by the node clock (ROS time, so sim time
+  when ``use_sim_time``) after ``input_timeout_s`` so that the core can report STALE_INPUT instead of going quiet.
+- Latency is measured from the middleware's receive time of a message, so waiting for the executor counts.
 
 Example::
 
