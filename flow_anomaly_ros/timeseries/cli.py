@@ -161,6 +161,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the detector's epochs (realnvp, autoencoder)")
     p.add_argument("--quick", action="store_true", help="smaller model, fewer epochs (smoke runs)")
     p.set_defaults(func=cmd_train)
+    from flow_anomaly_ros.timeseries.bag_training import extend_cli
+
+    extend_cli(sub, p)  # train --bag (your own clean recordings) and the 'score' subcommand
 
     p = sub.add_parser("evaluate", help="fit every detector on the same split and write the report")
     common(p)
