@@ -58,9 +58,9 @@ class EffectConfig:
     train_scenes: int = 300
     test_scenes: int = 40
     batch_size: int = 8
-    base_steps: int = 500
+    base_steps: int = 400
     base_lr: float = 0.02
-    finetune_steps: int = 200
+    finetune_steps: int = 150
     finetune_lr: float = 0.005
     patches_per_image: int = 2
     patch_size: int = 8
@@ -409,8 +409,8 @@ def register_effect(verbs: argparse._SubParsersAction, common) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers are meaningless)")
     p.add_argument("--arms", nargs="+", choices=ARMS, help=f"arms to run (default {' '.join(DEFAULT_ARMS)})")
     p.add_argument("--size", type=_size, metavar="HxW", help="scene and crop size (default 96x192)")
-    p.add_argument("--base-steps", type=int, help="shared base training steps (default 500)")
-    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps per arm (default 200)")
+    p.add_argument("--base-steps", type=int, help="shared base training steps (default 400)")
+    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps per arm (default 150)")
     p.add_argument("--maf-steps", type=int, help="MAF NLL steps (default 1000)")
     p.add_argument("--train-scenes", type=int, help="training scenes (default 300)")
     p.add_argument("--test-scenes", type=int, help="test scenes with anomalies (default 40)")

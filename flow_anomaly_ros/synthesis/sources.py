@@ -39,7 +39,13 @@ def cityscapes_label_for(image_path: Path) -> Path | None:
 def frames_from_dir(directory: str | Path, max_images: int | None = None) -> Iterator[Frame]:
     """Images of a directory (recursively, sorted); Cityscapes trainId labels are attached where found."""
     root = Path(directory)
-    for path, image in iter_image_dir(root, max_images):
+    count = 0
+    for path, image in iter_image_dir(root):
+        if "gtFine" in path.relative_to(root).parts:
+            continue  # label images of a Cityscapes tree are not frames
+        if max_images is not None and count >= max_images:
+            return
+        count += 1
         label = None
         label_path = cityscapes_label_for(path)
         if label_path is not None:
