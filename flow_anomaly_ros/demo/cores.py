@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from flow_anomaly_ros.data.bags import BagReader
+from flow_anomaly_ros.data.bag_recording import recording_from_bag  # noqa: F401  (shared with `ts train --bag`)
 
 NS = 1_000_000_000
 
@@ -38,43 +38,6 @@ class DemoModels:
 # --------------------------------------------------------------------------------------------------------------
 # Time series
 # --------------------------------------------------------------------------------------------------------------
-
-
-def recording_from_bag(bag: str | Path, imu_topic: str, can_topic: str) -> Any:
-    """The bag's IMU and CAN messages as the time-series core's Recording, via the node's conversion functions."""
-    from can_msgs.msg import Frame
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import Imu
-
-    from flow_anomaly_ros.ros.can_conversion import can_event
-    from flow_anomaly_ros.ros.imu_conversion import imu_event
-    from flow_anomaly_ros.timeseries.events import Recording, can_events, concat_events, imu_events
-
-    imu_rows: list[tuple[float, tuple, tuple]] = []
-    can_rows: list[tuple] = []
-    with BagReader(bag) as reader:
-        for m in reader.messages([imu_topic, can_topic]):
-            if m.topic == imu_topic:
-                imu_rows.append(imu_event(deserialize_message(m.data, Imu)))
-            else:
-                can_rows.append(can_event(deserialize_message(m.data, Frame)))
-    imu = imu_events(
-        np.array([r[0] for r in imu_rows]),
-        np.array([r[1] for r in imu_rows]).reshape(-1, 3),
-        np.array([r[2] for r in imu_rows]).reshape(-1, 3),
-    )
-    data = np.zeros((len(can_rows), 8), np.uint8)
-    for i, r in enumerate(can_rows):
-        data[i, : len(r[2])] = np.frombuffer(r[2], np.uint8)
-    can = can_events(
-        np.array([r[0] for r in can_rows]),
-        np.array([r[1] for r in can_rows], np.uint32),
-        data,
-        np.array([r[3] for r in can_rows], np.uint8),
-        np.array([r[4] for r in can_rows], bool),
-        np.array([r[5] for r in can_rows], bool),
-    )
-    return Recording(concat_events([imu, can]), ("imu",))
 
 
 def score_recording(model_dir: str | Path, recording: Any) -> Any:
