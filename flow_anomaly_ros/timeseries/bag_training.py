@@ -474,6 +474,12 @@ def cmd_train_bag(args: argparse.Namespace) -> int:
     )
     print("signals seen: " + ", ".join(f"{n} {v['rate_hz']:.0f} Hz" for n, v in sig.items()))
     print("signals missing: none")
+    used = sum(b - a for a, b in summary["data"]["split_fractions"].values())
+    if used < 0.999:
+        print(
+            f"note: split.train + split.calibrate use {100 * used:.0f} % of each bag; split.test is ignored (bags are "
+            "assumed clean): set split.calibrate to end at 1.0 to use all of it"
+        )
     for w in _warnings(config, summary):
         print(f"warning: {w}")
     th = doc.get("threshold", {})
