@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +118,183 @@ def test_clear_errors(data, tmp_path):
         load_detector(tmp_path / "ee")
     with pytest.raises(ModelFileError, match="not found"):
         load_detector(tmp_path / "nothing")
+
+
+# --- saved models: identical in a new process; damaged or mismatched files fail naming the problem ---------------
+@pytest.fixture(scope="module")
+def saved(data, tmp_path_factory):
+    """Every detector fitted, calibrated and saved once (RealNVP with its default backend: ONNX Runtime if present)."""
+    x, normal, broken = data
+    root = tmp_path_factory.mktemp("saved")
+    probe = np.vstack([normal, broken, 4 * broken])
+    scores = {}
+    for name in DETECTOR_NAMES:
+        params = {**SMALL.get(name, {}), "backend": "auto"} if name == "realnvp" else SMALL.get(name, {})
+        det = make_detector(name, **params).fit(x).calibrate(normal)
+        det.save(root / name)
+        scores[name] = (det.score_samples(probe), det.threshold_)
+    np.save(root / "probe.npy", probe)
+    return root, scores
+
+
+def test_saved_models_give_identical_scores_in_a_new_process(saved):
+    root, scores = saved
+    code = (
+        "import json, sys, numpy as np\n"
+        "from flow_anomaly_ros.timeseries.detectors import DETECTOR_NAMES, load_detector\n"
+        "root = sys.argv[1]; probe = np.load(root + '/probe.npy'); out = {}\n"
+        "for n in DETECTOR_NAMES:\n"
+        "    d = load_detector(f'{root}/{n}')\n"
+        "    out[n] = [d.score_samples(probe).tolist(), d.threshold_, getattr(d, 'active_backend', '')]\n"
+        "print(json.dumps(out))\n"
+    )
+    # a fresh interpreter with its default thread count (this process runs torch on one thread)
+    res = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    there = json.loads(res.stdout.strip().splitlines()[-1])
+    for name in DETECTOR_NAMES:
+        here_scores, here_threshold = scores[name]
+        assert np.array_equal(np.array(there[name][0]), here_scores), f"{name}: scores differ after reload"
+        assert there[name][1] == here_threshold
+    assert there["realnvp"][2] == "onnxruntime"  # the scorer the node uses was the one checked
+
+
+def _copy(saved, name, tmp_path):
+    return Path(shutil.copytree(saved[0] / name, tmp_path / name))
+
+
+def _edit_manifest(path, edit):
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rechecksum(path):
+    """Make the manifest's checksum match the (replaced) weights: only the content checks are left to catch it."""
+    from flow_anomaly_ros.model_store import sha256_file
+
+    _edit_manifest(path, lambda m: m.update(weights_sha256=sha256_file(path / "weights.safetensors")))
+
+
+@pytest.mark.parametrize("name", DETECTOR_NAMES)
+def test_damaged_model_files_fail_naming_the_problem(name, saved, tmp_path):
+    p = _copy(saved, name, tmp_path)
+    weights = p / "weights.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # truncated (an interrupted copy)
+    with pytest.raises(ModelFileError, match=r"weights\.safetensors do not match the manifest checksum.*truncated"):
+        load_detector(p)
+    _rechecksum(p)  # truncated AND a manifest that vouches for it: the safetensors reader must refuse
+    with pytest.raises(ModelFileError, match=r"weights\.safetensors cannot be read"):
+        load_detector(p)
+    weights.write_bytes(good)
+    _rechecksum(p)
+    manifest = (p / "manifest.json").read_text()
+    (p / "manifest.json").write_text(manifest[: len(manifest) // 2])  # truncated manifest
+    with pytest.raises(ModelFileError, match=r"manifest is corrupt \(not valid JSON\): .*manifest\.json"):
+        load_detector(p)
+    (p / "manifest.json").unlink()
+    with pytest.raises(ModelFileError, match="manifest missing"):
+        load_detector(p)
+
+
+@pytest.mark.parametrize("name", DETECTOR_NAMES)
+def test_mismatched_model_files_fail_naming_the_problem(name, saved, tmp_path):
+    p = _copy(saved, name, tmp_path)
+    _edit_manifest(p, lambda m: m["detector"].update(n_features=5))  # manifest edited to another input size
+    with pytest.raises(ModelFileError, match="manifest says 5 features but the weights were saved for 6"):
+        load_detector(p)
+    p = _copy(saved, name, tmp_path / "kind")
+    _edit_manifest(p, lambda m: m.update(kind="segmentation/deeplabv3"))
+    with pytest.raises(ModelFileError, match=r"kind 'segmentation/deeplabv3', expected 'timeseries'"):
+        load_detector(p)
+    p = _copy(saved, name, tmp_path / "version")
+    _edit_manifest(p, lambda m: m.update(format_version=99))
+    with pytest.raises(ModelFileError, match="format_version 99"):
+        load_detector(p)
+    other = "iforest" if name != "iforest" else "elliptic"  # the weights of another detector under this manifest
+    p = _copy(saved, name, tmp_path / "swap")
+    shutil.copy(saved[0] / other / "weights.safetensors", p / "weights.safetensors")
+    _rechecksum(p)
+    with pytest.raises(ModelFileError, match=r"lacks tensor|do not match the architecture|do not fit"):
+        load_detector(p)
+
+
+def test_realnvp_architecture_and_onnx_mismatches_fail(saved, data, tmp_path):
+    p = _copy(saved, "realnvp", tmp_path)
+    _edit_manifest(p, lambda m: m["detector"]["params"].update(hidden_features=32))
+    with pytest.raises(ModelFileError, match=r"do not match the architecture|do not fit the manifest.s architecture"):
+        load_detector(p)
+    _edit_manifest(p, lambda m: m["detector"]["params"].update(hidden_features=16, backend="quantum"))
+    with pytest.raises(ModelFileError, match=r"invalid detector parameters.*backend .quantum."):
+        load_detector(p)
+    # a valid ONNX file of ANOTHER flow, with its checksum entered in the manifest: caught by the probe parity check
+    pytest.importorskip("onnxruntime")
+    import hashlib
+
+    x, _, _ = data
+    other = make_detector("realnvp", **{**SMALL["realnvp"], "seed": 1}).fit(x)
+    p = _copy(saved, "realnvp", tmp_path / "onnx")
+    (p / "realnvp.onnx").write_bytes(other.onnx_bytes)
+    digest = hashlib.sha256(other.onnx_bytes).hexdigest()
+    _edit_manifest(p, lambda m: m["extra_files"].update({"realnvp.onnx": digest}))
+    with pytest.raises(ModelFileError, match=r"realnvp\.onnx does not compute the log-likelihood of the stored"):
+        load_detector(p)
+    (p / "realnvp.onnx").write_bytes(b"not onnx")
+    _edit_manifest(p, lambda m: m["extra_files"].update({"realnvp.onnx": hashlib.sha256(b"not onnx").hexdigest()}))
+    with pytest.raises(ModelFileError, match=r"realnvp\.onnx cannot be loaded by ONNX Runtime"):
+        load_detector(p)
+
+
+# --- contributions and threshold calibration -------------------------------------------------------------------
+def test_contributions_shape_and_meaning(data):
+    x, normal, broken = data
+    det = make_detector("realnvp", epochs=25, num_layers=4, hidden_features=32, backend="torch").fit(x)
+    rows = np.vstack([normal[:20], broken[:20]])
+    c = det.contributions(rows)
+    assert c.shape == (40, 6) and np.all(c >= 0)
+    sums = c.sum(axis=1)
+    assert np.all((np.abs(sums - 1) < 1e-9) | (sums == 0))  # shares of the score, or nothing to explain
+    # a window whose redundant pair disagrees is blamed on that pair, not on the independent features
+    assert np.mean(c[20:, :2].sum(axis=1)) > 0.6
+    # occlusion meaning: setting the top feature to its clean median (0) lowers the score
+    far = normal[:5].copy()
+    far[:, 4] = 7.0
+    cf = det.contributions(far)
+    assert np.all(np.argmax(cf, axis=1) == 4)
+    fixed = far.copy()
+    fixed[:, 4] = 0.0
+    assert np.all(det.score_samples(fixed) < det.score_samples(far))
+    with pytest.raises(ValueError, match="expected 6 features"):
+        det.contributions(rows[:, :3])
+
+
+@pytest.mark.parametrize("name", ["iforest", "elliptic"])
+def test_threshold_calibration_quantile_and_contamination(name, data):
+    x, normal, _ = data
+    det = make_detector(name).fit(x)
+    clean = np.vstack([normal, x[:300]])
+    scores = det.score_samples(clean)
+    det.calibrate(clean, method="quantile", quantile=0.9)
+    assert det.threshold_ == pytest.approx(np.quantile(scores, 0.9))
+    assert abs(det.predict(clean).mean() - 0.1) <= 0.01
+    assert det.calibration_ == {"method": "quantile", "quantile": 0.9, "n_windows": len(clean)}
+    det.calibrate(clean, method="contamination")  # 1 - contamination (0.05, the paper's default)
+    assert det.threshold_ == pytest.approx(np.quantile(scores, 0.95))
+    assert abs(det.predict(clean).mean() - 0.05) <= 0.01
+    assert make_detector(name, contamination=0.2).fit(x).calibrate(clean, method="contamination").predict(
+        clean
+    ).mean() == pytest.approx(0.2, abs=0.01)
+
+
+def test_threshold_calibration_errors(data):
+    x, normal, _ = data
+    det = make_detector("ocsvm").fit(x)
+    with pytest.raises(ValueError, match="no contamination parameter; use method='quantile'"):
+        det.calibrate(normal, method="contamination")
+    with pytest.raises(ValueError, match=r"threshold method 'mad' not one of"):
+        det.calibrate(normal, method="mad")
+    with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\)"):
+        det.calibrate(normal, quantile=1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        make_detector("ocsvm").calibrate(normal)

@@ -37,12 +37,16 @@ def _load_config(path: Path | None) -> tuple[Any, dict[str, Any]]:
 
 
 def _dataset(args: argparse.Namespace, config: Any, doc: dict[str, Any], with_tests: bool) -> Any:
+    from flow_anomaly_ros.cli import UserError
     from flow_anomaly_ros.data.timeseries_dataset import build_dataset, load_dataset
     from flow_anomaly_ros.timeseries.experiment import dataset_params
 
     if getattr(args, "data", None):
         return load_dataset(args.data)
-    params = dataset_params(doc)
+    try:
+        params = dataset_params(doc)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     if args.seed is not None:
         params["seed"] = args.seed
     if not with_tests:
@@ -51,7 +55,10 @@ def _dataset(args: argparse.Namespace, config: Any, doc: dict[str, Any], with_te
         params["test_copies"] = args.copies
     elif getattr(args, "quick", False):
         params["test_copies"] = 1
-    return build_dataset(config, **params)
+    try:
+        return build_dataset(config, **params)
+    except ValueError as exc:  # split or fault schedule that does not fit the drive
+        raise UserError(f"cannot build the data set: {exc}") from exc
 
 
 def _set_threads(n: int) -> None:

@@ -35,6 +35,8 @@ KIND_PREFIX = "timeseries"
 DETECTOR_NAMES = ("realnvp", "iforest", "ocsvm", "autoencoder", "elliptic")
 THRESHOLD_METHODS = ("quantile", "contamination")
 TENSOR_PREFIX = "detector."
+# Feature count stored among the checksummed weights too: a manifest edited to another size fails clearly on load.
+N_FEATURES_TENSOR = "meta.n_features"
 
 
 def _as_2d(x: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -112,6 +114,7 @@ class Detector:
     ) -> Path:
         self._check_fitted()
         tensors = {TENSOR_PREFIX + k: v for k, v in self._tensors().items()}
+        tensors[N_FEATURES_TENSOR] = np.array([self.n_features_], dtype=np.int64)
         tensors.update(extra_tensors or {})
         files = dict(self._extra_files())
         files.update(extra_files or {})
@@ -293,6 +296,29 @@ class RealNVPDetector(Detector):
         self.flow.eval()
         onnx_path = path / "realnvp.onnx"
         self.onnx_bytes = onnx_path.read_bytes() if onnx_path.is_file() else None
+        if self.onnx_bytes is not None and self.active_backend == "onnxruntime":
+            self._check_onnx_matches_weights(onnx_path)
+
+    def _check_onnx_matches_weights(self, onnx_path: Path) -> None:
+        """The ONNX scorer must compute the same log-likelihood as the stored weights (probe rows, 1e-3 abs).
+
+        Checksums catch a damaged file; this catches a valid ONNX file of another model (e.g. copied in with its
+        manifest entry), which would otherwise score silently with a different density.
+        """
+        from flow_anomaly_ros.flows.realnvp import log_prob_numpy
+
+        probes = np.random.default_rng(12345).standard_normal((8, self.n_features_)).astype(np.float32)
+        try:
+            ort_lp = self.log_prob(probes, backend="onnxruntime")
+        except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
+            raise ModelFileError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from exc
+        torch_lp = log_prob_numpy(self.flow, probes)
+        if ort_lp.shape != torch_lp.shape or not np.allclose(ort_lp, torch_lp, rtol=1e-4, atol=1e-3):
+            raise ModelFileError(
+                f"{onnx_path} does not compute the log-likelihood of the stored weights (max difference "
+                f"{np.max(np.abs(ort_lp - torch_lp)) if ort_lp.shape == torch_lp.shape else 'shape'}): "
+                "ONNX file from another model?"
+            )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -587,7 +613,15 @@ def detector_from_loaded(manifest: dict[str, Any], tensors: dict[str, np.ndarray
         det = _REGISTRY[info["name"]](**(info.get("params") or {}))
     except ValueError as exc:
         raise ModelFileError(f"model at {path}: invalid detector parameters: {exc}") from exc
-    det.n_features_ = int(info["n_features"])
+    try:
+        det.n_features_ = int(info["n_features"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"model at {path}: manifest has no valid detector.n_features ({exc!r})") from exc
+    if N_FEATURES_TENSOR in tensors and int(np.asarray(tensors[N_FEATURES_TENSOR]).reshape(-1)[0]) != det.n_features_:
+        raise ModelFileError(
+            f"model at {path}: manifest says {det.n_features_} features but the weights were saved for "
+            f"{int(np.asarray(tensors[N_FEATURES_TENSOR]).reshape(-1)[0])} (manifest edited or from another model)"
+        )
     det.threshold_ = None if info.get("threshold") is None else float(info["threshold"])
     det.calibration_ = dict(info.get("calibration") or {})
     det.fit_summary_ = dict(info.get("fit_summary") or {})

@@ -56,14 +56,23 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def dataset_params(doc: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``build_dataset`` from the config's ``dataset`` and ``split`` sections."""
+    from flow_anomaly_ros.data.injection import FAULT_TYPES
+
     d = doc.get("dataset", {})
     split = doc.get("split", {})
-    return {
+    params: dict[str, Any] = {
         "seed": int(d.get("seed", 7)),
         "test_copies": int(d.get("test_copies", 4)),
         "severities": tuple(d.get("severities", ("clear", "subtle"))),
         "split": {k: tuple(split[k]) for k in ("train", "calibrate", "test") if k in split} or None,
     }
+    if d.get("faults"):  # a subset of the fault types (default: every type once per test copy)
+        bad = sorted(set(d["faults"]) - set(FAULT_TYPES))
+        if bad:
+            raise ValueError(f"dataset.faults: unknown fault type(s) {bad}; valid: {list(FAULT_TYPES)}")
+        params["faults"] = tuple(d["faults"])
+    return params
 
 
 @dataclass
