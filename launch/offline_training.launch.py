@@ -1,11 +1,13 @@
 """Offline training job as a node: ``synthesis_trainer_node`` (MAF negatives → fine-tuning → ONNX → engine).
 
-    ros2 launch flow_anomaly_ros offline_training.launch.py image_topic:=/camera/image_raw
-    ros2 service call /synthesis_trainer_node/start std_srvs/srv/Trigger
+    ros2 launch flow_anomaly_ros offline_training.launch.py training_params_file:=job.yaml image_topic:=/cam/image
+    ros2 service call /synthesis_trainer_node/start std_srvs/srv/Trigger     # or /resume, /stop
 
-Starts the node with ``config/synthesis_trainer.yaml`` (what to gather, MAF and fine-tuning settings, output
-directory); progress is on ``~/status`` (``flow_anomaly_ros/msg/TrainingStatus``) and ``/diagnostics``. Typically run
-on a workstation next to ``replay.launch.py``, not on the vehicle.
+Starts the node with ``config/synthesis_trainer.yaml`` (or ``training_params_file``): what to gather (``source``:
+topic, bag, directory or procedural scenes), MAF and fine-tuning settings, ``work_dir``. ``image_topic`` remaps the
+node's ``image`` input, which is read only with ``source: topic`` (which also needs ``base_model`` for
+pseudo-labels). Progress is on ``~/status`` (``flow_anomaly_ros/msg/TrainingStatus``) and ``/diagnostics``; see
+docs/synthesis.md. Typically run on a workstation next to ``replay.launch.py``, not on the vehicle.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
