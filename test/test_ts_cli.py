@@ -76,7 +76,12 @@ def test_train_writes_a_model_directory_that_loads_and_scores(tiny):
                "--epochs", "2", "--threads", "1", "--out", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "realnvp" in res.stderr and "epoch" in res.stderr  # tqdm progress bar
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "realnvp.onnx", "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "realnvp.onnx",
+        "realnvp_single.onnx",
+        "weights.safetensors",
+    ]
     model = load_timeseries_model(out, expected_detector="realnvp")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["detector"]["params"]["epochs"] == 2 and manifest["training"]["n_train"] > 100
@@ -99,7 +104,8 @@ def test_evaluate_writes_report_results_and_figures(tiny):
     for png in expected_png:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000
     report = (out / "report.md").read_text()
-    for text in ("## Clear faults", "## Subtle faults", "RealNVP (flow)", "Isolation Forest", "ROC-AUC", "VUS-PR"):
+    for text in ("## Clear faults", "## Subtle faults", "RealNVP (flow)", "Isolation Forest", "ROC-AUC", "VUS-PR",
+                 "per fault type and target"):  # fmt: skip
         assert text in report
     results = json.loads((out / "results.json").read_text())
     assert set(results["metrics"]) == {"realnvp", "iforest", "elliptic"}

@@ -76,6 +76,20 @@ def test_each_injection_changes_the_recording_and_labels_it(setup, fault, severi
         assert not ((out["kind"] == KIND_IMU) & inside(out)).any()
 
 
+@pytest.mark.parametrize("severity", ["clear", "subtle"])
+def test_replay_near_the_recording_start_still_replays_old_frames(setup, severity):
+    """A replay 8 s into a recording cannot reach 30 s back: it re-sends frames from its start instead."""
+    config, rec, _, _, sigma = setup
+    ev = rec.slice_time(20.0, 60.0).events
+    first = float(ev["stamp"][0])
+    out, label = Injector(config, sigma, np.random.default_rng(1)).inject(ev, "replay", severity, first + 8.0)
+    assert label.magnitude == pytest.approx(8.0)  # the age of the replayed frames (s)
+    inside = lambda e: (e["stamp"] >= label.start_s) & (e["stamp"] < label.end_s) & (e["kind"] == KIND_CAN)  # noqa: E731
+    assert inside(out).sum() > inside(ev).sum() * (1.2 if severity == "clear" else 1.01)
+    with pytest.raises(ValueError, match="needs at least 3 s of earlier traffic"):
+        Injector(config, sigma, np.random.default_rng(1)).inject(ev, "replay", severity, first + 1.0)
+
+
 def test_injection_is_seeded(setup):
     config, rec, _, _, sigma = setup
     a, la = Injector(config, sigma, np.random.default_rng(5)).inject(rec.events, "fuzzing", "subtle", 20.0)

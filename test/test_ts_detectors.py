@@ -84,18 +84,28 @@ def test_realnvp_likelihood_is_not_capped(data):
 
 
 def test_onnx_runtime_scores_match_torch(data, tmp_path):
+    """Parity of the ONNX Runtime scorer (dynamic batch graph and static single-row graph) with nflows in torch."""
     pytest.importorskip("onnxruntime")
+    from flow_anomaly_ros.flows.realnvp import OnnxLogProb
+
     x, normal, broken = data
     det = make_detector("realnvp", **SMALL["realnvp"]).fit(x)
-    batch = np.vstack([normal, broken]).astype(np.float32)
+    assert det.onnx_bytes and det.onnx_single
+    batch = np.vstack([normal, broken, 5 * broken]).astype(np.float32)
     torch_lp = det.log_prob(batch, backend="torch")
     ort_lp = det.log_prob(batch, backend="onnxruntime")
     np.testing.assert_allclose(ort_lp, torch_lp, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(det.log_prob(batch[:1], backend="onnxruntime"), torch_lp[:1], rtol=1e-4, atol=1e-3)
+    for n in (1, 2, 7):  # batch 1 goes to the static graph
+        np.testing.assert_allclose(det.log_prob(batch[:n], backend="onnxruntime"), torch_lp[:n], rtol=1e-4, atol=1e-3)
+    singles = np.array([det.log_prob(batch[i : i + 1], backend="onnxruntime")[0] for i in range(0, 300, 10)])
+    np.testing.assert_allclose(singles, torch_lp[0:300:10], rtol=1e-4, atol=1e-3)
+    two_threads = OnnxLogProb(det.onnx_bytes, threads=2)(batch)  # the batch path on more threads: same numbers
+    np.testing.assert_allclose(two_threads, ort_lp, rtol=1e-6, atol=1e-5)
     det.save(tmp_path / "m")
     loaded = load_detector(tmp_path / "m")
-    assert loaded.onnx_bytes == det.onnx_bytes
+    assert loaded.onnx_bytes == det.onnx_bytes and loaded.onnx_single == det.onnx_single
     np.testing.assert_array_equal(loaded.log_prob(batch, backend="onnxruntime"), ort_lp)
+    np.testing.assert_array_equal(loaded.log_prob(batch[:1], backend="onnxruntime"), singles[:1])
 
 
 def test_clear_errors(data, tmp_path):
@@ -239,6 +249,13 @@ def test_realnvp_architecture_and_onnx_mismatches_fail(saved, data, tmp_path):
     digest = hashlib.sha256(other.onnx_bytes).hexdigest()
     _edit_manifest(p, lambda m: m["extra_files"].update({"realnvp.onnx": digest}))
     with pytest.raises(ModelFileError, match=r"realnvp\.onnx does not compute the log-likelihood of the stored"):
+        load_detector(p)
+    p = _copy(saved, "realnvp", tmp_path / "single")  # the same for the single-row graph
+    other_single = other.onnx_single
+    (p / "realnvp_single.onnx").write_bytes(other_single)
+    digest = hashlib.sha256(other_single).hexdigest()
+    _edit_manifest(p, lambda m: m["extra_files"].update({"realnvp_single.onnx": digest}))
+    with pytest.raises(ModelFileError, match=r"realnvp_single\.onnx does not compute the log-likelihood"):
         load_detector(p)
     (p / "realnvp.onnx").write_bytes(b"not onnx")
     _edit_manifest(p, lambda m: m["extra_files"].update({"realnvp.onnx": hashlib.sha256(b"not onnx").hexdigest()}))

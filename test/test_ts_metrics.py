@@ -54,6 +54,7 @@ def test_event_metrics_detection_delay_and_precision():
     m = event_metrics([seq], W)
     assert m["event_recall"] == 1.0 and m["event_precision"] == 0.5
     assert m["mean_delay_s"] == pytest.approx(0.5) and m["per_fault_recall"] == {"bias_jump": 1.0}
+    assert m["per_target_detected"] == {"bias_jump imu.accel_x": [1, 1]}
 
 
 def test_vus_pr_perfect_and_random():

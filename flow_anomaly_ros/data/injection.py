@@ -23,8 +23,8 @@ CAN attacks:
   spoof_speed     extra WHEEL_SPEEDS + SPEED frames (interleaved at the genuine rate) with speed offset by
                   clear 5 / subtle 1.5 sigma, 3 s
   spoof_steering  extra STEER_ANGLE_SENSOR frames with the angle offset by clear 5 / subtle 1.5 sigma, 3 s
-  replay          frames recorded 30 s earlier re-sent with shifted stamps: clear every tracked message,
-                  subtle one message, 3 s
+  replay          frames recorded 30 s earlier (or as long ago as the recording allows, at least 3 s) re-sent
+                  with shifted stamps: clear every tracked message, subtle one message, 3 s
   suspension      one periodic message (random) stops: clear 1.0 s / subtle 5 periods
 """
 
@@ -237,11 +237,20 @@ class Injector:
         if severity == "subtle":
             messages = [messages[int(self.rng.integers(len(messages)))]]
         ids = [self.db.get_message_by_name(m).frame_id for m in messages]
+        # Old frames must exist: near the start of a recording the replay comes from as far back as it reaches
+        # (a fault label without injected frames would be scored as a miss of something that never happened).
+        first = float(ev["stamp"][0]) if len(ev) else start
+        age = min(REPLAY_AGE_S, start - first)
+        if age < CONTINUOUS_S:
+            raise ValueError(
+                f"replay at {start:.2f} s needs at least {CONTINUOUS_S:.0f} s of earlier traffic "
+                f"(the recording starts at {first:.2f} s)"
+            )
         src = (ev["kind"] == KIND_CAN) & np.isin(ev["can_id"], ids)
-        src &= (ev["stamp"] >= start - REPLAY_AGE_S) & (ev["stamp"] < end - REPLAY_AGE_S)
+        src &= (ev["stamp"] >= start - age) & (ev["stamp"] < end - age)
         extra = ev[src].copy()
-        extra["stamp"] += REPLAY_AGE_S + 0.37 * message_period_s(self.config, messages[0])
-        return self._add(ev, extra), self._label(start, end, "replay", severity, "can." + "+".join(messages), 1.0)
+        extra["stamp"] += age + 0.37 * message_period_s(self.config, messages[0])
+        return self._add(ev, extra), self._label(start, end, "replay", severity, "can." + "+".join(messages), age)
 
     def _suspension(self, ev, severity, start, mag):
         messages = self.config.can_messages

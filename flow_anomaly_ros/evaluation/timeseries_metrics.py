@@ -12,7 +12,8 @@ detector's decision, a data-quality flag (STALE/INVALID window), and the labelle
 - **Event (range) metrics**: an alarm is raised at a window's end. A fault event is detected if an alarm falls in
   ``[start, end + window)`` (windows containing the fault end up to one window length after it). Event recall =
   detected events / events; event precision = alarm runs (consecutive alarmed windows) that hit an event / alarm
-  runs; event F1; per fault type event recall; mean detection delay = first alarm - fault start (detected events).
+  runs; event F1; per fault type event recall; mean detection delay = first alarm - fault start (detected events);
+  ``per_target_detected``: [detected, events] per fault type and target signal (which IMU axis, which message).
 - **VUS-PR** (Paparrizos et al., VLDB 2022): the mean, over buffer lengths 0..one window, of the area under the
   precision-recall curve computed against range labels widened by a linear ramp of that buffer length. (The
   original's existence reward is omitted.)
@@ -106,6 +107,7 @@ def event_metrics(seqs: Sequence[Sequence_], window_s: float) -> dict[str, objec
     """Event recall/precision/F1, per-fault-type recall and mean detection delay over several sequences."""
     detected, total, delays = 0, 0, []
     per_type: dict[str, list[int]] = {}
+    per_target: dict[str, list[int]] = {}
     runs_hit, runs_total = 0, 0
     for seq in seqs:
         alarm_t = seq.end_s[seq.alarm & seq.valid]
@@ -118,6 +120,10 @@ def event_metrics(seqs: Sequence[Sequence_], window_s: float) -> dict[str, objec
             per_type.setdefault(f.fault, [0, 0])
             per_type[f.fault][0] += ok
             per_type[f.fault][1] += 1
+            key = f"{f.fault} {getattr(f, 'target', '')}".strip()
+            per_target.setdefault(key, [0, 0])
+            per_target[key][0] += ok
+            per_target[key][1] += 1
             if ok:
                 delays.append(float(hits.min() - f.start_s))
         for i, j in _runs(seq.alarm & seq.valid):
@@ -134,6 +140,7 @@ def event_metrics(seqs: Sequence[Sequence_], window_s: float) -> dict[str, objec
         "mean_delay_s": float(np.mean(delays)) if delays else float("nan"),
         "events": total,
         "per_fault_recall": {k: v[0] / v[1] for k, v in sorted(per_type.items())},
+        "per_target_detected": {k: v for k, v in sorted(per_target.items())},  # [detected, events]
     }
 
 

@@ -60,6 +60,21 @@ def per_fault_table(metrics: dict[str, dict[str, dict[str, Any]]], severity: str
     return "\n".join(lines) + "\n"
 
 
+def per_target_table(metrics: dict[str, dict[str, dict[str, Any]]], severity: str) -> str:
+    """Detected / injected events per fault type and target (which IMU axis or CAN message was hit)."""
+    names = list(metrics)
+    keys = sorted({k for n in names for k in metrics[n][severity].get("per_target_detected", {})})
+    lines = ["| Fault and target | " + " | ".join(LABELS.get(n, n) for n in names) + " |"]
+    lines.append("|---" * (len(names) + 1) + "|")
+    for k in keys:
+        cells = []
+        for n in names:
+            d, t = metrics[n][severity].get("per_target_detected", {}).get(k, (0, 0))
+            cells.append(f"{d}/{t}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _plots(results: dict[str, Any], feats: Any, models: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
 
@@ -177,6 +192,8 @@ def write_report(
             per_fault_table(metrics, sev, "per_fault_recall"),
             f"\nROC-AUC per fault type ({sev}; that fault's windows against all normal windows):\n\n",
             per_fault_table(metrics, sev, "per_fault_auc"),
+            f"\nDetected / injected events per fault type and target ({sev}):\n\n",
+            per_target_table(metrics, sev),
         ]
     parts.append("\n## Cost\n\n| Method | Fit (s) | Score all test windows one by one (s) |\n|---|---|---|\n")
     for n, m in models.items():

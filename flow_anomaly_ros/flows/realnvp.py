@@ -148,7 +148,7 @@ def train_flow(
     return {"best_epoch": best[1], "val_nll_per_dim": best[0], "train_nll_per_dim": train_nll, "epochs": epochs}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def log_prob_numpy(flow: torch.nn.Module, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
     """Eval-mode log-likelihood of rows of ``x`` (float64 result)."""
     flow.eval()
@@ -166,39 +166,66 @@ class _LogProb(torch.nn.Module):
         return self.flow.log_prob(x)
 
 
-def export_log_prob_onnx(flow: torch.nn.Module, features: int, opset: int = 17) -> bytes:
-    """ONNX model ``input (N, features) float32 -> log_prob (N,)`` of the eval-mode flow (legacy exporter)."""
-    flow.eval()
+def export_log_prob_onnx(flow: torch.nn.Module, features: int, opset: int = 17, batch: int | None = None) -> bytes:
+    """ONNX model ``input (N, features) float32 -> log_prob (N,)`` of the eval-mode flow (legacy exporter).
+
+    ``batch=None`` exports a dynamic batch dimension. ``batch=1`` exports a static single-row graph: with every
+    shape known, constant folding removes nflows' shape arithmetic (about 400 of the graph's nodes), which halves the
+    single-window latency. The flow is left in eval mode.
+    """
+    wrapper = _LogProb(flow).eval()  # the exporter restores the wrapper's mode afterwards: it must be eval too
     buf = io.BytesIO()
-    example = torch.zeros(2, features)
+    example = torch.zeros(2 if batch is None else batch, features)
+    dynamic = {"input": {0: "N"}, "log_prob": {0: "N"}} if batch is None else None
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")  # TracerWarnings from nflows' shape checks; parity is tested instead
         torch.onnx.export(
-            _LogProb(flow),
+            wrapper,
             (example,),
             buf,
             dynamo=False,
             opset_version=opset,
             input_names=["input"],
             output_names=["log_prob"],
-            dynamic_axes={"input": {0: "N"}, "log_prob": {0: "N"}},
+            dynamic_axes=dynamic,
         )
+    flow.eval()
     return buf.getvalue()
 
 
+def _ort_session(onnx_bytes: bytes, threads: int) -> object:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 1:  # no busy-waiting worker threads between calls: this machine's cores are shared
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxLogProb:
-    """ONNX Runtime CPU scorer of an exported flow (single-threaded by default: lowest single-window latency)."""
+    """ONNX Runtime CPU scorer of an exported flow.
 
-    def __init__(self, onnx_bytes: bytes, threads: int = 1) -> None:
-        import onnxruntime as ort
+    Single rows go to the static batch-1 graph (``single_bytes``, when given) on one thread: lowest latency, no
+    thread wake-ups. Other batches go to the dynamic graph, on ``threads`` intra-op threads (default 1: on this
+    2-core machine, shared with the node's own work, a second thread measured slower, see
+    bench/results/timeseries_core.md).
+    """
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    def __init__(self, onnx_bytes: bytes, threads: int = 1, single_bytes: bytes | None = None) -> None:
+        self.session = _ort_session(onnx_bytes, threads)
+        self.single = _ort_session(single_bytes, 1) if single_bytes else None
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [self.session.get_outputs()[0].name]
+        if self.single is not None:
+            shape = self.single.get_inputs()[0].shape
+            expected = [1, *self.session.get_inputs()[0].shape[1:]]
+            if list(shape) != expected:
+                raise ValueError(f"single-row ONNX graph has input shape {shape}, expected {expected}")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run(None, {self.input_name: x})[0].astype(np.float64)
+        session = self.single if self.single is not None and x.shape[0] == 1 else self.session
+        return session.run(self.output_names, {self.input_name: x})[0].astype(np.float64)

@@ -178,7 +178,8 @@ class RealNVPDetector(Detector):
         if self.params["backend"] not in self.BACKENDS:
             raise ValueError(f"backend {self.params['backend']!r} not one of {list(self.BACKENDS)}")
         self.flow = None
-        self.onnx_bytes: bytes | None = None
+        self.onnx_bytes: bytes | None = None  # dynamic batch graph
+        self.onnx_single: bytes | None = None  # static batch-1 graph (single-window latency)
         self._ort = None
 
     def _build(self) -> Any:
@@ -225,6 +226,7 @@ class RealNVPDetector(Detector):
             if bar is not None:
                 bar.close()
         self.onnx_bytes = export_log_prob_onnx(self.flow, self.n_features_)
+        self.onnx_single = export_log_prob_onnx(self.flow, self.n_features_, batch=1)
         self._ort = None
 
     @property
@@ -246,7 +248,7 @@ class RealNVPDetector(Detector):
             if self._ort is None:
                 from flow_anomaly_ros.flows.realnvp import OnnxLogProb
 
-                self._ort = OnnxLogProb(self.onnx_bytes)
+                self._ort = OnnxLogProb(self.onnx_bytes, single_bytes=self.onnx_single)
             return self._ort(x)
         from flow_anomaly_ros.flows.realnvp import log_prob_numpy
 
@@ -276,7 +278,10 @@ class RealNVPDetector(Detector):
         return {k: v.detach().cpu().numpy() for k, v in self.flow.state_dict().items()}
 
     def _extra_files(self) -> dict[str, bytes]:
-        return {"realnvp.onnx": self.onnx_bytes} if self.onnx_bytes else {}
+        files = {"realnvp.onnx": self.onnx_bytes} if self.onnx_bytes else {}
+        if self.onnx_bytes and self.onnx_single:
+            files["realnvp_single.onnx"] = self.onnx_single
+        return files
 
     def _restore(self, tensors: dict[str, np.ndarray], state: dict[str, Any], path: Path) -> None:
         import torch
@@ -296,11 +301,13 @@ class RealNVPDetector(Detector):
         self.flow.eval()
         onnx_path = path / "realnvp.onnx"
         self.onnx_bytes = onnx_path.read_bytes() if onnx_path.is_file() else None
+        single_path = path / "realnvp_single.onnx"
+        self.onnx_single = single_path.read_bytes() if self.onnx_bytes and single_path.is_file() else None
         if self.onnx_bytes is not None and self.active_backend == "onnxruntime":
             self._check_onnx_matches_weights(onnx_path)
 
     def _check_onnx_matches_weights(self, onnx_path: Path) -> None:
-        """The ONNX scorer must compute the same log-likelihood as the stored weights (probe rows, 1e-3 abs).
+        """The ONNX graphs must compute the log-likelihood of the stored weights (probe rows, 1e-3 abs).
 
         Checksums catch a damaged file; this catches a valid ONNX file of another model (e.g. copied in with its
         manifest entry), which would otherwise score silently with a different density.
@@ -308,17 +315,31 @@ class RealNVPDetector(Detector):
         from flow_anomaly_ros.flows.realnvp import log_prob_numpy
 
         probes = np.random.default_rng(12345).standard_normal((8, self.n_features_)).astype(np.float32)
+        from flow_anomaly_ros.flows.realnvp import OnnxLogProb
+
+        single_path = onnx_path.parent / "realnvp_single.onnx"
         try:
-            ort_lp = self.log_prob(probes, backend="onnxruntime")
+            self._ort = OnnxLogProb(self.onnx_bytes)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
             raise ModelFileError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from exc
+        if self.onnx_single is not None:
+            try:
+                self._ort = OnnxLogProb(self.onnx_bytes, single_bytes=self.onnx_single)
+            except Exception as exc:
+                raise ModelFileError(f"{single_path} cannot be loaded by ONNX Runtime: {exc}") from exc
+        ort_lp = self.log_prob(probes, backend="onnxruntime")
+        ort_one = self.log_prob(probes[:1], backend="onnxruntime")
         torch_lp = log_prob_numpy(self.flow, probes)
-        if ort_lp.shape != torch_lp.shape or not np.allclose(ort_lp, torch_lp, rtol=1e-4, atol=1e-3):
-            raise ModelFileError(
-                f"{onnx_path} does not compute the log-likelihood of the stored weights (max difference "
-                f"{np.max(np.abs(ort_lp - torch_lp)) if ort_lp.shape == torch_lp.shape else 'shape'}): "
-                "ONNX file from another model?"
-            )
+        for got, want, name in (
+            (ort_lp, torch_lp, onnx_path),
+            (ort_one, torch_lp[:1], single_path),
+        ):
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-3):
+                raise ModelFileError(
+                    f"{name} does not compute the log-likelihood of the stored weights (max difference "
+                    f"{np.max(np.abs(got - want)) if got.shape == want.shape else 'shape'}): ONNX file from another "
+                    "model?"
+                )
 
 
 # ------------------------------------------------------------------------------------------------------------
