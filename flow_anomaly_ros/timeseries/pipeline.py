@@ -95,9 +95,11 @@ class WindowFeaturizer:
         if self.stride_ticks < 1 or abs(stride * self.config.rate_hz - self.stride_ticks) > 1e-6:
             raise ConfigError(f"stride_s={stride} must be a whole number of samples at {self.config.rate_hz} Hz")
         self.window_ticks = self.config.window_ticks
+        self._tick_offsets = np.arange(self.window_ticks, dtype=np.float64)
         signals = self.config.signals
         self.buffers = [SampleBuffer() for _ in signals]
         self.staleness = np.array([s.staleness_s for s in signals])
+        self._staleness_list = [float(x) for x in self.staleness]  # plain floats: cheaper per-window comparisons
         self.imu_map: dict[str, list[tuple[int, int, float]]] = {}
         for i, s in enumerate(signals):
             if s.is_imu:
@@ -304,17 +306,19 @@ class WindowFeaturizer:
         rate = self.config.rate_hz
         start_k = end_k - self.window_ticks
         start_s, end_s = start_k / rate, end_k / rate
-        ticks = np.arange(start_k, end_k, dtype=np.float64) / rate
-        n_sig = len(self.buffers)
-        values = np.empty((n_sig, len(ticks)))
+        # (offsets + start_k) holds the same exact integers as np.arange(start_k, end_k): identical ticks, one
+        # allocation less on the per-window path.
+        ticks = (self._tick_offsets + start_k) / rate
+        values = np.empty((len(self.buffers), len(ticks)))
         missing, stale = [], []
-        for i, buf in enumerate(self.buffers):
-            v, age = buf.hold_last(ticks)
-            values[i] = v
-            if not np.isfinite(age[0]):
+        for i, (buf, limit) in enumerate(zip(self.buffers, self._staleness_list)):
+            values[i], age = buf.hold_last(ticks)
+            if age[0] == math.inf:  # no sample at or before the first tick (ages are finite or +inf)
                 missing.append(i)
-            elif age.max() > self.staleness[i]:
-                stale.append((i, float(age.max())))
+            else:
+                oldest = float(age.max())
+                if oldest > limit:
+                    stale.append((i, oldest))
         names = self.config.signal_names
         if missing and not self._ready:
             return WindowFeatures(
@@ -335,12 +339,13 @@ class WindowFeaturizer:
             return WindowFeatures(start_s, end_s, None, STALE_INPUT, "stale input: " + "; ".join(parts), True)
         timing = None
         if self.config.can_timing:
+            spans = [b.span(start_s, end_s) for b in self.timing]
             timing = CanTiming(
-                stamps=[b.stamps_in(start_s, end_s) for b in self.timing],
-                previous=[b.last_before(start_s) for b in self.timing],
-                unknown_count=len(self.unknown.stamps_in(start_s, end_s)),
-                error_count=len(self.errors.stamps_in(start_s, end_s)),
-                total_count=len(self.all_frames.stamps_in(start_s, end_s)),
+                stamps=[stamps for stamps, _ in spans],
+                previous=[prev for _, prev in spans],
+                unknown_count=self.unknown.count_in(start_s, end_s),
+                error_count=self.errors.count_in(start_s, end_s),
+                total_count=self.all_frames.count_in(start_s, end_s),
             )
         return WindowFeatures(start_s, end_s, self.layout.compute(values, timing, start_s, end_s), OK, "", False)
 
@@ -437,6 +442,19 @@ class StreamingScorer:
     def from_model_dir(cls, path: str | Path, with_contributions: bool = True) -> StreamingScorer:
         """Load a model directory; raises ModelFileError with a clear message on any problem."""
         return cls(load_timeseries_model(path), with_contributions=with_contributions)
+
+    def warm_up(self) -> None:
+        """Run the model once on the median window (score and, if enabled, contributions); raises if it cannot.
+
+        Inference back-ends set up lazily (session creation, first-run allocations for each batch shape: up to
+        ~100 ms here), which the first live window would otherwise pay for. Stateless: scores are unaffected.
+        """
+        x = self.model.normaliser.center[None, :].astype(np.float64)  # normalises to zeros: a typical window
+        score = self.model.score_windows(x)
+        if not np.all(np.isfinite(score)):
+            raise ValueError(f"model returned a non-finite score ({score[0]}) for the median training window")
+        if self.with_contributions:
+            self.model.detector.contributions(self.model.normaliser.transform(x))
 
     @property
     def counters(self) -> dict[str, int]:
