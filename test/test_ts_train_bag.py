@@ -191,3 +191,13 @@ def test_dbc_path_relative_to_the_config(drive, tmp_path):
     path.write_text(yaml.safe_dump(doc))
     config, _ = load_pipeline_config(path)
     assert resolve_config_dbc(config, path).dbc == str((tmp_path / "vehicle" / "my_car.dbc").resolve())
+
+
+def test_overlapping_split_is_an_error(drive, tmp_path, capsys):
+    _, bag, cfg = drive
+    doc = yaml.safe_load(cfg.read_text())
+    doc["split"] = {"train": [0.0, 0.9], "calibrate": [0.5, 1.0]}
+    bad = tmp_path / "overlap.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert _cli("train", "--bag", str(bag), "--config", str(bad), "--out", str(tmp_path / "m")) == 2
+    assert "overlap" in capsys.readouterr().err

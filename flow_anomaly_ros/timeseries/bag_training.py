@@ -183,6 +183,11 @@ def split_fractions(doc: dict[str, Any]) -> dict[str, tuple[float, float]]:
         if not 0.0 <= lo < hi <= 1.0:
             raise BagTrainingError(f"split.{key} must be [start, end] fractions with 0 <= start < end <= 1")
         out[key] = (lo, hi)
+    if out["train"][1] > out["calibrate"][0] and out["calibrate"][1] > out["train"][0]:
+        raise BagTrainingError(
+            f"split.train {list(out['train'])} and split.calibrate {list(out['calibrate'])} overlap: the threshold "
+            "must be set on windows the detector was not trained on"
+        )
     return out
 
 
