@@ -65,14 +65,18 @@ def imu_topic_map(specs: Sequence[str] | None, config: PipelineConfig) -> dict[s
 
 
 def resolve_config_dbc(config: PipelineConfig, config_path: Path | None) -> PipelineConfig:
-    """Check the DBC exists; a relative ``.dbc`` path not found from here is looked up next to the config file."""
+    """Check the DBC exists; a relative ``.dbc`` path not found from here is looked up next to the config file.
+
+    A DBC file path is made absolute: the model stores it, and the node loads the model from its own directory.
+    """
     from flow_anomaly_ros.timeseries.signals import ConfigError, load_dbc
 
     dbc = config.dbc
-    if dbc.endswith(".dbc") and not Path(dbc).is_absolute() and not Path(dbc).is_file() and config_path:
-        beside = (config_path.parent / dbc).resolve()
-        if beside.is_file():
-            config = dataclasses.replace(config, dbc=str(beside))
+    if dbc.endswith(".dbc") and not Path(dbc).is_absolute():
+        here = Path(dbc).resolve()
+        beside = (config_path.parent / dbc).resolve() if config_path else here
+        if here.is_file() or beside.is_file():
+            config = dataclasses.replace(config, dbc=str(here if here.is_file() else beside))
     if config.can_messages:
         try:
             load_dbc(config.dbc)
@@ -479,6 +483,8 @@ def cmd_train_bag(args: argparse.Namespace) -> int:
     )
     print("signals seen: " + ", ".join(f"{n} {v['rate_hz']:.0f} Hz" for n, v in sig.items()))
     print("signals missing: none")
+    if config.dbc.endswith(".dbc"):
+        print(f"DBC: {config.dbc} (stored in the model: keep the DBC at this path on the vehicle too)")
     used = sum(b - a for a, b in summary["data"]["split_fractions"].values())
     if used < 0.999:
         print(
