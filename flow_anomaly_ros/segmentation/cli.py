@@ -42,7 +42,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     sub.required = True
 
     p = sub.add_parser("init", help="create a model directory (backbone + optional local checkpoint)")
-    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
+    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE, help=f"default: {DEFAULT_BACKBONE}")
     p.add_argument("--weights", type=Path, help="local checkpoint (.pth/.pt/.safetensors or model dir)")
     p.add_argument("--input-size", type=_hw, help="fixed network input HxW (images are resized); default: native")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -59,19 +59,19 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p = sub.add_parser("export", help="export MODEL to ONNX (opset 17, dynamic N/H/W)")
     p.add_argument("model", type=Path, help="segmentation model directory")
     p.add_argument("--out", type=Path, help="ONNX file (default: MODEL/model.onnx)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17; TensorRT 8.5/8.6 needs <= 17)")
     p.add_argument("--verify", action="store_true", help="compare ONNX Runtime with torch on street scenes")
-    p.add_argument("--verify-size", type=_hw, default=(128, 256))
+    p.add_argument("--verify-size", type=_hw, default=(128, 256), help="HxW of the --verify scenes (default: 128x256)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("build-engine", help="build the cached TensorRT engine for MODEL and exit (GPU machine)")
     p.add_argument("model", type=Path, help="model directory with model.onnx, or an .onnx file")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="default: fp16")
+    p.add_argument("--device", default="cuda", help="CUDA device, e.g. cuda:1 (default: cuda)")
     p.add_argument("--shape", type=_hw, help="optimal input HxW (default: model input_size or 1024x2048)")
     p.add_argument("--min-shape", type=_hw, help="smallest input HxW the engine accepts")
     p.add_argument("--max-shape", type=_hw, help="largest input HxW the engine accepts")
-    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=1, help="largest batch the engine accepts (default: 1)")
     p.add_argument("--calib-images", type=Path, help="INT8: folder of calibration images (jpg/png)")
     p.add_argument("--calib-scenes", type=int, default=0, help="INT8: use N procedural street scenes instead")
     p.add_argument("--force", action="store_true", help="rebuild even if a matching engine is cached")
@@ -84,14 +84,16 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         default="street_scenes",
         help="street_scenes | cityscapes:ROOT (mIoU) | benchmark:ROOT (SMIYC/RoadAnomaly/Fishyscapes)",
     )
-    p.add_argument("--num", type=int, default=16, help="images to evaluate (street scenes: generated)")
-    p.add_argument("--size", type=_hw, default=(256, 512), help="street-scene size")
-    p.add_argument("--seed", type=int, default=10_000)
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", nargs="+", default=list(SCORE_METHODS), choices=SCORE_METHODS)
+    p.add_argument("--num", type=int, default=16, help="images to evaluate (street scenes: generated; default: 16)")
+    p.add_argument("--size", type=_hw, default=(256, 512), help="street-scene HxW (default: 256x512)")
+    p.add_argument("--seed", type=int, default=10_000, help="street-scene seed (default: 10000)")
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="default: auto"
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    p.add_argument("--methods", nargs="+", default=list(SCORE_METHODS), choices=SCORE_METHODS, help="default: all")
     p.add_argument("--out", type=Path, help="folder for results.md, results.json and overlays")
-    p.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs")
+    p.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs (default: 4)")
     p.add_argument(
         "--calibrate",
         action="store_true",
@@ -100,17 +102,18 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.set_defaults(func=_cmd_evaluate)  # fmt: skip
 
     p = sub.add_parser("scenes", help="write procedural street scenes (plain or in a benchmark layout)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--num", type=int, default=8)
-    p.add_argument("--size", type=_hw, default=(256, 512))
+    p.add_argument("--out", type=Path, required=True, help="folder to write")
+    p.add_argument("--num", type=int, default=8, help="number of scenes (default: 8)")
+    p.add_argument("--size", type=_hw, default=(256, 512), help="HxW (default: 256x512)")
     p.add_argument("--anomalies", type=int, default=1, help="anomalous objects per scene")
     p.add_argument("--layout", default="plain",
-                   choices=("plain", "cityscapes", "smiyc", "road_anomaly", "fishyscapes"))  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+                   choices=("plain", "cityscapes", "smiyc", "road_anomaly", "fishyscapes"),
+                   help="folder layout (default: plain)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="default: 0")
     p.set_defaults(func=_cmd_scenes)
 
     p = sub.add_parser("info", help="print a model's description and cached TensorRT engines")
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, help="model directory or .onnx file")
     p.set_defaults(func=_cmd_info)
 
 
