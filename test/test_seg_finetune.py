@@ -83,7 +83,7 @@ def test_fine_tuning_raises_the_anomaly_probability_on_pasted_patches(tmp_path):
     """A few steps must move the anomaly class up on pasted pixels (same initial weights before and after).
 
     Six CPU steps from random weights only shift the anomaly logit up; learning *where* anomalies are takes real
-    training (see docs/segmentation.md for the measured run)."""
+    training (longer runs: the demo's fine-tune and ``flow-anomaly maf effect``)."""
     from flow_anomaly_ros.data.street_scenes import generate_scene
     from flow_anomaly_ros.segmentation.model import build_model, save_segmentation_model
     from flow_anomaly_ros.segmentation.scores import score_map
