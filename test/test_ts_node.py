@@ -254,7 +254,7 @@ def test_bad_input_each_case_has_its_behaviour_and_the_node_survives(ts_world, r
     name = "ts_bad_input"
     listener = Listener(ros_node, name)
     node = start_node(name, model_dir=ts_world.model_dir, use_sim_time=True, input_qos="reliable",
-                      input_qos_depth=2000, output_qos_depth=2000)  # fmt: skip
+                      input_qos_depth=2000, output_qos_depth=2000, thread_priority=1)  # fmt: skip
     node_procs.append(node)
     run_replay(ros_node, node, listener, replay, "--qos", "reliable", "--depth", "2000", "--speed", "2", "--clock",
                "--clock-tail", "2.5")  # fmt: skip
@@ -307,6 +307,8 @@ def test_bad_input_each_case_has_its_behaviour_and_the_node_survives(ts_world, r
                                            "core.imu[imu]_invalid", "core.can_dlc_mismatch"))  # fmt: skip
     assert int(values["rejected"]) >= counted + 1  # + the remote (RTR) frame, refused by the node itself
     assert int(values["dropped"]) == 0
+    # thread_priority: real-time scheduling where the machine allows it, else said so (and scoring goes on anyway)
+    assert values["realtime"].startswith(("SCHED_FIFO 1 ", "refused")), values["realtime"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -363,6 +365,48 @@ def test_missing_can_msgs_type_is_named_at_start_up(ros_node, tmp_path):
         out = stop_process(node)
     assert node.returncode == 0, out
     assert "can_msgs/msg/Frame is not installed" in out and "ros-<distro>-can-msgs" in out
+
+
+def test_invalid_parameter_values_are_named_together_at_configure(ros_node, tmp_path):
+    """Every bad value is named in one error, and the node stays unconfigured (no model is even looked at)."""
+    from rclpy.parameter import Parameter
+
+    from flow_anomaly_ros.ros.managed_node import ParameterError
+    from flow_anomaly_ros.ros.timeseries_node import TimeseriesAnomalyNode
+
+    bad = {
+        "autostart": False,
+        "model_dir": "",
+        "imu_topics": ["/a/imu", "/b/imu"],
+        "imu_sources": ["imu"],
+        "input_qos": "fastest",
+        "queue_size": 2,
+        "input_batch_s": 0.5,
+        "clock_jump_back_s": float("nan"),
+        "dbc_file": str(tmp_path / "missing.dbc"),
+    }
+    node = TimeseriesAnomalyNode(
+        "ts_bad_params",
+        context=ros_node.context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in bad.items()],
+    )
+    try:
+        with pytest.raises(ParameterError) as info:
+            node.read_params()
+        text = str(info.value)
+        for expected in (
+            "model_dir is empty",
+            "imu_sources has 1 entries but imu_topics has 2",
+            "input_qos='fastest' is not one of",
+            "queue_size=2 must be >= 8",
+            "input_batch_s=0.5 must be <= 0.02",
+            "clock_jump_back_s=nan must be finite",
+            "missing.dbc' does not exist",
+        ):
+            assert expected in text, (expected, text)
+        assert node.lifecycle_state == "unconfigured"
+    finally:
+        node.destroy_node()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -438,6 +482,9 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
     live = {round(end_s(s), 6): s for s in listener.scores}
     values = listener.values()
     assert int(values["dropped"]) == 0 and int(values["lost_in_transport"]) == 0
+    assert values["realtime"] == "off"
+    for key in ("processing_latency", "score_latency", "queue_wait", "scoring_time"):  # where latency goes
+        assert 0 < float(values[f"{key}_p50_ms"]) <= float(values[f"{key}_p99_ms"]) < 5000, (key, values)
 
     # Live equals offline, window by window: same status, bit-identical float32 scores and contributions, and the
     # core saw the same input (its counters of accepted, unknown, mismatched... frames agree).

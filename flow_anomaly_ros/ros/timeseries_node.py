@@ -33,7 +33,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -108,7 +110,31 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "input_timeout_s", 1.0, "all inputs silent this long (node clock): advance time so windows go STALE", min=0.0
     ),
+    Param(
+        "thread_priority",
+        0,
+        "SCHED_FIFO real-time priority of all the node process's threads at activation (0: normal scheduling)",
+        min=0,
+        max=99,
+    ),
 )
+
+
+def _set_realtime(priority: int) -> str:
+    """Put every thread of this process (executor, scoring, DDS) under SCHED_FIFO ``priority``; says what happened.
+
+    Scoring takes about a millisecond per window, but on a loaded machine a normal-priority thread waits for a CPU
+    for whole scheduler slices (several ms), which is most of the latency tail. All threads, not only the scoring
+    one: they share the GIL, and a low-priority thread preempted while holding it would stall the others. Needs
+    CAP_SYS_NICE or an rtprio limit (``ulimit -r``); without them the node warns and runs with normal scheduling.
+    """
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        for tid in tids:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:  # PermissionError, no /proc, or not Linux
+        return f"refused ({type(exc).__name__}: {exc}); normal scheduling"
+    return f"SCHED_FIFO {priority} ({len(tids)} threads)"
 
 
 class ModelError(RuntimeError):
@@ -167,8 +193,14 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._stop = threading.Event()
         self._queue = BoundedQueue(1)
         self._core_lock = threading.Lock()
+        # Held by the scoring thread while it scores a window and publishes; subscription callbacks pass through it
+        # first. Scoring releases the GIL many times (numpy, ONNX Runtime), and each time the executor thread would
+        # otherwise take it for a whole callback, drain and wait-set rebuild; parked here instead, it costs the
+        # scoring thread at most one executor pass per window. Messages meanwhile wait in DDS (input_qos_depth).
+        self._scoring = threading.Lock()
         self._stats_lock = threading.Lock()
         self.model_error: str | None = None
+        self.realtime = "off"  # scheduling of the node's threads (thread_priority), named on /diagnostics
         self._reset_stats()
         super().__init__(node_name, **kwargs)
         self._frame_cls = None
@@ -208,6 +240,9 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._rates: tuple[dict[str, float], dict[int, float]] = ({}, {})
         self.proc_latency = LatencyWindow(20000)  # receipt -> event processed (pushed, windows scored, published)
         self.score_latency = LatencyWindow(1000)  # receipt of the message closing a window -> its score published
+        # Where score latency goes: waiting (executor, queue, GIL) vs the core's own work on the scoring thread.
+        self.queue_wait = LatencyWindow(20000)  # receipt -> the scoring thread takes the message off the queue
+        self.poll_time = LatencyWindow(1000)  # wall time of a core poll that scored windows (features + model)
 
     # ----- lifecycle ---------------------------------------------------------------------------------------------
     def validate_params(self, values: dict[str, Any]) -> list[str]:
@@ -238,6 +273,11 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._score_pub = self.create_lifecycle_publisher(AnomalyScore, "~/score", out_qos)
         if params["publish_score_value"]:
             self._value_pub = self.create_lifecycle_publisher(Float32, "~/score_value", out_qos)
+        # Everything loaded so far (torch, rclpy, cantools, the model: ~250k objects) lives as long as the node. A full
+        # collection scanning it takes ~300 ms on this machine, a pause the scoring thread would feel as latency;
+        # frozen objects are skipped by the collector.
+        gc.collect()
+        gc.freeze()
         self.get_logger().info(
             f"model {self.scorer.model_id}: threshold {self.scorer.threshold:.4g}, "
             f"{len(self.scorer.feature_names)} features from signals {list(self.scorer.signal_names)}"
@@ -265,9 +305,14 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             )
             if params["dbc_file"]:  # decode with the given file (same DBC name as the model's, checked above)
                 model.config = dataclasses.replace(model.config, dbc=params["dbc_file"])
-            return StreamingScorer(model, with_contributions=params["contributions"])
+            scorer = StreamingScorer(model, with_contributions=params["contributions"])
         except (ModelFileError, ConfigError, FileNotFoundError) as exc:
             raise ModelError(str(exc)) from exc
+        try:  # a model that cannot score is a model error now, not a MODEL_ERROR window later
+            scorer.warm_up()  # and the first live window does not pay for the back-end's lazy set-up
+        except Exception as exc:  # back-ends raise their own exception types
+            raise ModelError(f"model at {params['model_dir']} cannot score: {type(exc).__name__}: {exc}") from exc
+        return scorer
 
     def activate_core(self) -> None:
         params = self.params
@@ -283,6 +328,12 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             self._subs.append(self._subscribe(Imu, topic, self._imu_callback(source), in_qos))
         if params["can_topic"]:
             self._subs.append(self._subscribe(self._frame_cls, params["can_topic"], self._on_can, in_qos))
+        if params["thread_priority"] > 0:
+            self.realtime = _set_realtime(params["thread_priority"])
+            if self.realtime.startswith("refused"):
+                self.get_logger().warn(f"thread_priority={params['thread_priority']}: {self.realtime}")
+            else:
+                self.get_logger().info(f"threads now {self.realtime}")
 
     def _subscribe(self, msg_type: Any, topic: str, handle: Callable[[Any, Any], None], qos: Any) -> Any:
         """A subscription whose callback also takes what else is already queued for it (up to DRAIN_MAX).
@@ -296,6 +347,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         batch_s = self.params["input_batch_s"]
 
         def callback(msg: Any, info: Any) -> None:
+            with self._scoring:  # let a window being scored finish first (see __init__)
+                pass
             handle(msg, info)
             if batch_s > 0:
                 time.sleep(batch_s)
@@ -417,6 +470,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         max_wait = self.params["max_input_wait_s"]
         newest_of = self._newest_by_input
         last_recv = self._last_recv_by_input
+        t_taken = time.time()
+        poll_times = []
         for t_recv, kind, source, event in batch:
             stamp = event[0]
             results = None
@@ -444,14 +499,20 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
                     horizon = min(t for k, t in newest_of.items() if t_recv - last_recv[k] <= max_wait)
                     next_end = featurizer.next_window_end
                     if next_end is not None and horizon >= next_end:
-                        results = scorer.poll(horizon)
-            if results:
-                self._publish(results, t_recv)
+                        with self._scoring:
+                            t_poll = time.perf_counter()
+                            results = scorer.poll(horizon)
+                            if results:
+                                poll_times.append(time.perf_counter() - t_poll)
+                                self._publish(results, t_recv)
         self._last_receipt_clock = self.get_clock().now().nanoseconds * 1e-9
         done = time.time()
         with self._stats_lock:
             for t_recv, *_ in batch:
                 self.proc_latency.add(done - t_recv)
+                self.queue_wait.add(t_taken - t_recv)
+            for seconds in poll_times:
+                self.poll_time.add(seconds)
 
     def _reject(self, reason: str) -> None:
         self.rejected += 1
@@ -583,6 +644,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
     def health(self) -> Health:
         with self._stats_lock:
             proc, score = self.proc_latency.summary_ms(), self.score_latency.summary_ms()
+            wait, poll = self.queue_wait.summary_ms(), self.poll_time.summary_ms()
         with self._core_lock:
             counters = dict(self.scorer.counters)
             signal_rates, stale = self._signal_status(*self._input_rates())
@@ -608,6 +670,11 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             "processing_latency_p99_ms": proc["p99_ms"],
             "score_latency_p50_ms": score["p50_ms"],
             "score_latency_p99_ms": score["p99_ms"],
+            "queue_wait_p50_ms": wait["p50_ms"],
+            "queue_wait_p99_ms": wait["p99_ms"],
+            "scoring_time_p50_ms": poll["p50_ms"],
+            "scoring_time_p99_ms": poll["p99_ms"],
+            "realtime": self.realtime,
         }
         values.update({f"received.{k}": n for k, n in sorted(self.received.items())})
         values.update({f"rate_hz.{k}": r for k, r in sorted(self._rates[0].items())} if self._rates else {})
