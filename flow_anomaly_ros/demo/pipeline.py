@@ -12,6 +12,7 @@ Steps (each prints progress; cached artefacts are reused, so a warm run takes se
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -59,11 +60,14 @@ class Progress:
         return time.perf_counter() - self._t0
 
 
-def _build_cached(path: Path, build: Callable[[Path], Any], no_cache: bool) -> bool:
-    """Build ``path`` atomically via ``build(tmp)`` unless it exists; returns True when it was cached."""
+def _build_cached(path: Path, build: Callable[[Path], Any], no_cache: bool, tmp: Path | None = None) -> bool:
+    """Build ``path`` atomically via ``build(tmp)`` unless it exists; returns True when it was cached.
+
+    ``tmp`` defaults to ``<path>.partial`` beside it (same file system, so the final rename is atomic).
+    """
     if path.exists() and not no_cache:
         return True
-    tmp = path.with_name(path.name + ".partial")
+    tmp = tmp or path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,12 @@ def ensure_bag(cfg: DemoConfig, cache: Path, no_cache: bool = False, progress: P
     def build(tmp: Path) -> None:
         make_demo_bag(tmp, cfg, progress=(lambda s, f: progress.info(s)) if progress else None)
 
-    _build_cached(path, build, no_cache)
+    # rosbag2 names the storage file after the bag directory: build it under its final name (in a scratch
+    # directory beside it) so that the cached bag holds bag-<hash>.mcap, not bag-<hash>.partial.mcap
+    scratch = cache / ".partial"
+    _build_cached(path, build, no_cache, tmp=scratch / path.name)
+    with contextlib.suppress(OSError):  # left only when another build is in progress there
+        scratch.rmdir()
     return path
 
 
