@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ ARMS = ("no_negatives", "noise", "maf", "maf_joint")
 DEFAULT_ARMS = ("no_negatives", "noise", "maf")
 ARM_SCORE = {"no_negatives": "max_softmax", "noise": "anomaly_prob", "maf": "anomaly_prob", "maf_joint": "anomaly_prob"}
 REPORT_METHODS = ("anomaly_prob", "max_softmax", "energy")
+EVAL_SEEDS = {"test": 1_000_003, "validation": 2_000_003}  # offsets from the seed: disjoint scene sets
 MAX_MIOU_DROP = 2.0  # the issue's acceptance: inlier mIoU not worse by more than 2 points
 
 
@@ -62,6 +64,8 @@ class EffectConfig:
     base_lr: float = 0.02
     finetune_steps: int = 150
     finetune_lr: float = 0.005
+    anomaly_weight: float = 1.0  # weight of the anomaly-class CE on pasted pixels (inlier CE has weight 1)
+    patch_probability: float = 1.0  # fraction of training images that get pasted negatives
     patches_per_image: int = 2
     patch_size: int = 8
     maf_patches_per_scene: int = 64
@@ -78,6 +82,7 @@ class EffectConfig:
     seed: int = 0
     threads: int = 2
     progress: bool = True
+    eval_on: str = "test"  # test | validation (other scenes, for choosing settings without touching the test set)
 
     @classmethod
     def quick(cls, out: str, **overrides: Any) -> EffectConfig:
@@ -103,6 +108,10 @@ class EffectConfig:
         bad = [a for a in self.arms if a not in ARMS]
         if bad or not self.arms:
             raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {list(self.arms)}")
+        if self.eval_on not in EVAL_SEEDS:
+            raise ValueError(f"eval_on must be one of {sorted(EVAL_SEEDS)}, got {self.eval_on!r}")
+        if not 0.0 < self.patch_probability <= 1.0 or self.anomaly_weight < 0:
+            raise ValueError("patch_probability must be in (0, 1] and anomaly_weight >= 0")
         if min(self.size) < 32:
             raise ValueError(f"size must be at least 32x32, got {self.size}")
         for name in ("train_scenes", "test_scenes", "batch_size", "base_steps", "finetune_steps", "maf_steps"):
@@ -121,7 +130,7 @@ class ArmResult:
 
 
 def _finetune_config(cfg: EffectConfig, out_dir: Path, steps: int, lr: float, weights: str | None,
-                     probability: float, freeze_bn: bool):  # fmt: skip
+                     probability: float, freeze_bn: bool, anomaly_weight: float = 1.0):  # fmt: skip
     from flow_anomaly_ros.segmentation.config import FinetuneConfig
 
     h, w = cfg.size
@@ -137,6 +146,7 @@ def _finetune_config(cfg: EffectConfig, out_dir: Path, steps: int, lr: float, we
                 "blend": "soft",
                 "ignore_border": True,
             },
+            "loss": {"anomaly_weight": anomaly_weight},
             "train": {
                 "steps": steps,
                 "batch_size": cfg.batch_size,
@@ -151,6 +161,27 @@ def _finetune_config(cfg: EffectConfig, out_dir: Path, steps: int, lr: float, we
             "output": {"dir": str(out_dir), "checkpoint_every": max(25, steps // 8), "resume": True},
         }
     )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _arm_settings(cfg: EffectConfig, arm: str) -> dict[str, Any]:
+    """What an arm's fine-tuning depends on (besides the shared base); a cached arm with other settings is redone."""
+    keys = ("size", "train_scenes", "batch_size", "finetune_steps", "finetune_lr", "seed", "patch_size")
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    out["size"] = list(cfg.size)
+    if arm != "no_negatives":
+        out.update(anomaly_weight=cfg.anomaly_weight, patch_probability=cfg.patch_probability,
+                   patches_per_image=cfg.patches_per_image)  # fmt: skip
+    if arm.startswith("maf"):
+        out.update(sampling_mode=cfg.sampling_mode, temperature=cfg.temperature, low_quantile=cfg.low_quantile,
+                   high_quantile=cfg.high_quantile, pool_size=cfg.pool_size, maf_steps=cfg.maf_steps)  # fmt: skip
+    return out
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -246,7 +277,7 @@ def test_scenes(cfg: EffectConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndar
     """(image, trainId label with 19 on anomalies, anomaly mask) of the held-out test scenes (all with anomalies)."""
     from flow_anomaly_ros.data.street_scenes import StreetSceneDataset
 
-    ds = StreetSceneDataset(cfg.test_scenes, *cfg.size, seed=cfg.seed + 1_000_003, anomaly_fraction=1.0)
+    ds = StreetSceneDataset(cfg.test_scenes, *cfg.size, seed=cfg.seed + EVAL_SEEDS[cfg.eval_on], anomaly_fraction=1.0)
     return [(s.image, s.label, s.anomaly_mask) for s in ds]
 
 
@@ -292,10 +323,19 @@ def run_effect(cfg: EffectConfig, log=print) -> dict[str, Any]:
         run = out / "arms" / arm
         t = time.perf_counter()
         source, sampler = _patch_source(cfg, arm, out, log)
+        settings = _arm_settings(cfg, arm)
+        if _finished(run, cfg.finetune_steps) and _read_json(run / "arm_settings.json") != settings:
+            log(f"[effect] arm {arm}: settings changed since the cached run; training it again")
+            shutil.rmtree(run)
         if not _finished(run, cfg.finetune_steps):
             log(f"[effect] arm {arm}: {cfg.finetune_steps} fine-tuning steps from the shared base")
-            prob = 0.0 if arm == "no_negatives" else 1.0
-            ft = _finetune_config(cfg, run, cfg.finetune_steps, cfg.finetune_lr, str(base), prob, freeze_bn=True)
+            if run.exists() and _read_json(run / "arm_settings.json") != settings:
+                shutil.rmtree(run)  # a checkpoint of other settings must not be resumed
+            run.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run / "arm_settings.json", settings)
+            prob = 0.0 if arm == "no_negatives" else cfg.patch_probability
+            ft = _finetune_config(cfg, run, cfg.finetune_steps, cfg.finetune_lr, str(base), prob, freeze_bn=True,
+                                  anomaly_weight=cfg.anomaly_weight)  # fmt: skip
             finetune(ft, progress=cfg.progress, patch_source=source)
         timings[arm] = time.perf_counter() - t
         metrics, miou = evaluate_arm(run / "model", scenes)
@@ -343,8 +383,11 @@ def format_table(results: list[ArmResult], report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
         f"Street scenes {cfg['size'][0]}x{cfg['size'][1]}, {cfg['train_scenes']} training scenes (no anomalies), "
-        f"{cfg['test_scenes']} test scenes with unseen anomalous objects; mobilenet-v3 DeepLabV3, shared base "
-        f"({cfg['base_steps']} steps), {cfg['finetune_steps']} fine-tuning steps per arm, seed {cfg['seed']}.",
+        f"{cfg['test_scenes']} {cfg.get('eval_on', 'test')} scenes with unseen anomalous objects; mobilenet-v3 "
+        f"DeepLabV3, shared base ({cfg['base_steps']} steps), {cfg['finetune_steps']} fine-tuning steps per arm "
+        f"(lr {cfg['finetune_lr']:g}), negatives: {cfg['patches_per_image']} per image in "
+        f"{100 * cfg.get('patch_probability', 1.0):.0f} % of the images, anomaly-loss weight "
+        f"{cfg.get('anomaly_weight', 1.0):g}; seed {cfg['seed']}.",
         "",
         "| arm | score | AP ↑ | FPR95 ↓ | AUROC ↑ | inlier mIoU ↑ | arm time |",
         "|---|---|---|---|---|---|---|",
@@ -382,7 +425,10 @@ def _cmd_effect(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"seed": args.seed, "threads": args.threads, "progress": not args.quiet}
     if args.arms:
         overrides["arms"] = tuple(args.arms)
-    for name in ("base_steps", "finetune_steps", "maf_steps", "train_scenes", "test_scenes", "temperature"):
+    if args.validation:
+        overrides["eval_on"] = "validation"
+    for name in ("base_steps", "finetune_steps", "maf_steps", "train_scenes", "test_scenes", "temperature",
+                 "anomaly_weight", "patch_probability", "finetune_lr", "patches_per_image"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -415,5 +461,12 @@ def register_effect(verbs: argparse._SubParsersAction, common) -> None:
     p.add_argument("--train-scenes", type=int, help="training scenes (default 300)")
     p.add_argument("--test-scenes", type=int, help="test scenes with anomalies (default 40)")
     p.add_argument("--temperature", type=float, help="MAF sampling temperature (default 1.5)")
+    p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default 0.005)")
+    p.add_argument("--anomaly-weight", type=float, help="weight of the anomaly CE on pasted pixels (default 1.0)")
+    p.add_argument("--patch-probability", type=float, help="fraction of images with negatives (default 1.0)")
+    p.add_argument("--patches-per-image", type=int, help="negatives per image (default 2)")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on validation scenes (other seeds) instead of the test scenes: for choosing "
+                        "settings without looking at the test set")  # fmt: skip
     common(p)
     p.set_defaults(func=_cmd_effect)
