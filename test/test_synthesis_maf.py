@@ -231,3 +231,22 @@ def test_uniform_noise_and_pool_sources():
     patch = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(1, 2, 2, 3)
     variants = {dihedral(patch, np.random.default_rng(i)).tobytes() for i in range(40)}
     assert len(variants) == 8
+
+
+def test_joint_source_trains_the_maf_while_it_samples_from_step_0():
+    from flow_anomaly_ros.synthesis.joint import JointMAFSource
+
+    patches = extract_patches(_images(), P, per_image=200, rng=np.random.default_rng(0))
+    source = JointMAFSource.create(
+        patches, TINY, SamplerConfig("outside", 1.5), maf_steps_per_call=5, recalibrate_every=2, batch_size=64
+    )
+    first = source(8, np.random.default_rng(1))  # the MAF is untrained and already sampled
+    assert first.shape == (8, P, P, 3) and first.dtype == np.uint8 and source.maf_steps == 5
+    nll_before = -source.patch_flow.log_prob(patches[:256]).mean()
+    for i in range(20):
+        source(4, np.random.default_rng(i))
+    assert source.maf_steps == 105 and source.calls == 21
+    assert -source.patch_flow.log_prob(patches[:256]).mean() < nll_before  # it learned the inliers meanwhile
+    assert source.sampler.total.proposed >= 88 and 0 < source.sampler.total.acceptance_rate <= 1
+    with pytest.raises(ValueError, match="maf_steps_per_call"):
+        JointMAFSource.create(patches, TINY, SamplerConfig(), maf_steps_per_call=-1)
