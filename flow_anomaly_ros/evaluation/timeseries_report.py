@@ -117,8 +117,11 @@ def _plots(results: dict[str, Any], feats: Any, models: dict[str, Any], out: Pat
             q = seq.quality
             ax.plot(seq.end_s[q], np.full(q.sum(), models[n].detector.threshold_), "|", color="tab:orange", ms=8)
             ax.set_ylabel(LABELS.get(n, n), fontsize=8)
-            if n == "realnvp":
-                ax.set_yscale("symlog")
+            threshold = abs(float(models[n].detector.threshold_))
+            finite = seq.score[np.isfinite(seq.score)]
+            if len(finite) and np.max(np.abs(finite)) > 50 * max(threshold, 1e-9):
+                # scores spanning orders of magnitude (NLL, squared distances): log scale keeps the threshold visible
+                ax.set_yscale("symlog", linthresh=max(threshold, 1e-3))
         axes[0, 0].set_title(
             f"Scores over time, {sev} faults (red: labelled faults, dashed: threshold, orange: data-quality windows)",
             fontsize=9,
