@@ -412,8 +412,11 @@ class SynthesisTrainerNode(ManagedAnomalyNode):
         pub = self._status_pub
         if pub is None:
             return
-        if self._subscription is not None and self.job is not None and not self.job.wants_frames:
-            self._drop_subscription()  # gathering is over: stop deserialising images
+        with self._lock:  # the same lock as _launch, so a job that is just starting keeps its subscription
+            thread = self._thread
+            gathering = self.job is not None and self.job.wants_frames and thread is not None and thread.is_alive()
+            if self._subscription is not None and not gathering:
+                self._drop_subscription()  # gathering is over (or the job ended): stop deserialising images
         with self._lock:
             p, state, job = self._progress, self._state, self.job
             msg = TrainingStatus()
