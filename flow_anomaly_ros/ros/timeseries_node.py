@@ -23,6 +23,9 @@ Wiring, and why:
   and in diagnostics. When every input is silent, message time is advanced by the node clock (ROS time, so sim time
   when ``use_sim_time``) after ``input_timeout_s`` so that the core can report STALE_INPUT instead of going quiet.
 - Latency is measured from the middleware's receive time of a message, so waiting for the executor counts.
+  What keeps it down: configure warms the model up and freezes the loaded objects out of the garbage collector;
+  callbacks wait at a gate while a window is scored (the executor thread would otherwise take the GIL each time
+  scoring releases it); ``thread_priority`` puts the process's threads under SCHED_FIFO.
 
 Example::
 
