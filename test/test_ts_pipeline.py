@@ -211,6 +211,31 @@ def test_mismatched_pipeline_fails_naming_the_problem(small, tmp_path):
         StreamingScorer.from_model_dir(tmp_path / "missing")
 
 
+def test_model_carries_its_dbc_and_loads_where_the_training_dbc_is_gone(small, tmp_path):
+    """A model trained with a DBC file at some path loads on a machine without that path (the vehicle)."""
+    import dataclasses
+    import shutil
+
+    from flow_anomaly_ros.timeseries.pipeline import load_timeseries_model
+    from flow_anomaly_ros.timeseries.signals import resolve_dbc_path
+
+    own_dbc = tmp_path / "my_car.dbc"
+    shutil.copy(resolve_dbc_path(small["config"].dbc), own_dbc)
+    trained = load_timeseries_model(small["path"])
+    trained.config = dataclasses.replace(trained.config, dbc=str(own_dbc))
+    out = trained.save(tmp_path / "model")
+    assert (out / "my_car.dbc").read_bytes() == own_dbc.read_bytes()
+    own_dbc.unlink()  # the vehicle has no /home/me/my_car.dbc
+    moved = _copy_model(out, tmp_path / "deployed")
+    assert load_timeseries_model(moved).config.dbc == str(moved / "my_car.dbc")
+    a = [r.score for r in score_recording(small["path"], small["test"])]
+    b = [r.score for r in score_recording(moved, small["test"])]
+    np.testing.assert_array_equal(a, b)
+    (moved / "my_car.dbc").write_text('VERSION "tampered"\n')
+    with pytest.raises(ModelFileError, match=r"my_car\.dbc"):
+        load_timeseries_model(moved)
+
+
 def test_check_compatible_names_missing_inputs(small):
     from flow_anomaly_ros.timeseries.signals import ConfigError, check_compatible
 

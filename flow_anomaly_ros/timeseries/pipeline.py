@@ -22,6 +22,7 @@ window as detected by the data-quality monitor (for every detector alike).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, CanFrame, Imu
 from flow_anomaly_ros.timeseries.features import CanTiming, FeatureLayout
 from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
 from flow_anomaly_ros.timeseries.resample import SampleBuffer
-from flow_anomaly_ros.timeseries.signals import IMU_FIELDS, ConfigError, PipelineConfig, load_dbc
+from flow_anomaly_ros.timeseries.signals import IMU_FIELDS, ConfigError, PipelineConfig, load_dbc, resolve_dbc_path
 
 OK, WARMING_UP, STALE_INPUT, INVALID_INPUT, MODEL_ERROR = 0, 1, 2, 3, 4
 STATUS_NAMES = {
@@ -385,7 +386,12 @@ class TimeseriesModel:
             "normaliser": {"kind": "robust_median_iqr", "clip": self.normaliser.clip},
             "training": training or {},
         }
-        out = self.detector.save(path, extra_manifest=extra, extra_tensors=self.normaliser.tensors())
+        files = {}
+        if self.config.can_messages:  # the DBC travels with the model (see load_timeseries_model)
+            dbc_path = resolve_dbc_path(self.config.dbc)
+            extra["dbc_bundled"] = f"{dbc_path.stem}.dbc"
+            files[extra["dbc_bundled"]] = dbc_path.read_bytes()
+        out = self.detector.save(path, extra_manifest=extra, extra_tensors=self.normaliser.tensors(), extra_files=files)
         self.manifest = read_manifest(out)
         return out
 
@@ -399,6 +405,13 @@ def load_timeseries_model(path: str | Path, expected_detector: str | None = None
         raise ModelFileError(f"model at {path} has no 'pipeline' section (a bare detector, not a time-series model)")
     try:
         config = PipelineConfig.from_dict(manifest["pipeline"])
+        bundled = manifest.get("dbc_bundled")
+        if bundled:
+            # Decode with the DBC copied into the model directory at save time (checksummed by load_model_dir):
+            # a model trained with /home/me/car.dbc or an opendbc DBC loads on a vehicle that has neither path,
+            # and an opendbc upgrade cannot silently change the decoding. The file keeps the DBC's name, so the
+            # node's dbc_file check (same DBC name) still applies.
+            config = dataclasses.replace(config, dbc=str(path / bundled))
         layout = FeatureLayout(config)
     except (ConfigError, FileNotFoundError, KeyError) as exc:
         raise ModelFileError(f"model at {path}: its feature pipeline cannot be rebuilt here: {exc}") from exc
