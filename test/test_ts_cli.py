@@ -80,6 +80,7 @@ def test_train_writes_a_model_directory_that_loads_and_scores(tiny):
         "manifest.json",
         "realnvp.onnx",
         "realnvp_single.onnx",
+        "toyota_prius_2010_pt.dbc",  # the DBC travels with the model
         "weights.safetensors",
     ]
     model = load_timeseries_model(out, expected_detector="realnvp")
