@@ -63,4 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: sub-commands raise flow_anomaly_ros.cli.UserError,
+    # which is a different class from this module's UserError under ``python -m`` (a traceback instead of a message).
+    from flow_anomaly_ros.cli import main as _main
+
+    sys.exit(_main())
