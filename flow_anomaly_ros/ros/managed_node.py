@@ -215,6 +215,9 @@ def run_node(factory: Callable[[], Any], args: Sequence[str] | None = None, thre
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:  # rclpy's RCLError: SIGTERM shut the context down while the executor built a wait set
+        if rclpy.ok():
+            raise
     finally:
         executor.shutdown()
         for node in nodes:
