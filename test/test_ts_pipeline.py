@@ -146,6 +146,20 @@ def test_late_sample_rejected_and_reset_recovers(small):
     assert scorer.counters["resets"] == 1
 
 
+def test_windows_that_missed_a_late_sample_are_invalid_not_scored_without_it(small):
+    """Live backlog: a sample older than the last scored window is rejected, and the windows still to come that
+    should have held it are INVALID_INPUT ("late"), never a finite score computed without it."""
+    ev = small["test"].events
+    scorer = StreamingScorer.from_model_dir(small["path"])
+    score_recording(scorer, ev[ev["stamp"] < 32.0])
+    late_stamp = scorer.featurizer._finalised_end - 0.05
+    reason = scorer.push_imu(late_stamp, [0, 0, 9.8], [0, 0, 0])
+    assert reason is not None and "before the last scored window" in reason
+    after = score_recording(scorer, ev[(ev["stamp"] >= 32.0) & (ev["stamp"] < 34.0)])
+    assert after and after[0].status == INVALID_INPUT and "late" in after[0].status_message
+    assert all(np.isnan(r.score) for r in after if r.status != OK)
+
+
 def test_huge_time_jump_emits_a_bounded_number_of_windows(small):
     scorer = StreamingScorer.from_model_dir(small["path"])
     scorer.push_imu(1.0, [0, 0, 9.8], [0, 0, 0])

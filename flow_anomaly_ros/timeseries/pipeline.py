@@ -48,7 +48,7 @@ STATUS_NAMES = {
     MODEL_ERROR: "MODEL_ERROR",
 }
 MAX_BACKLOG_WINDOWS = 600  # poll() never emits more than this many windows at once (a huge time jump skips ahead)
-INVALID_REASONS = ("nan", "dlc", "undecodable", "out_of_order")
+INVALID_REASONS = ("nan", "dlc", "undecodable", "out_of_order", "late")
 
 
 @dataclass
@@ -156,6 +156,9 @@ class WindowFeaturizer:
             return f"{what}: non-finite stamp"
         if stamp_s < self._finalised_end:
             self._count(f"{what}_late")
+            # The windows still to come that should have held this sample all contain _finalised_end: flag them
+            # instead of scoring them without it (live only: offline input is in order and never late).
+            self._mark_invalid(self._finalised_end, "late")
             return (
                 f"{what}: stamp {stamp_s:.3f} s is before the last scored window end {self._finalised_end:.3f} s "
                 "(late sample, or the clock jumped back: call reset)"
