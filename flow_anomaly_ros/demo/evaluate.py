@@ -28,6 +28,7 @@ import numpy as np
 from flow_anomaly_ros.data.bags import BagReader
 from flow_anomaly_ros.demo import cores
 from flow_anomaly_ros.demo.recording import load_camera_labels, load_ground_truth
+from flow_anomaly_ros.timeseries.pipeline import INVALID_INPUT, STALE_INPUT
 
 NS = 1_000_000_000
 
@@ -394,6 +395,12 @@ def agreement(offline: Evaluation, live: Evaluation) -> dict[str, Any]:
             out["score_nan_pattern_equal"] = bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
             out["decision_agreement"] = float(np.mean(off.is_anomaly[i] == on.is_anomaly[j]))
             out["status_agreement"] = float(np.mean(off.status[i] == on.status[j]))
+            # A live window may only differ from offline by the node saying its input was degraded (messages lost
+            # or late under CPU starvation: STALE_INPUT / INVALID_INPUT, score NaN); anything else is a bug.
+            differ = off.status[i] != on.status[j]
+            degraded = np.isin(on.status[j], (STALE_INPUT, INVALID_INPUT))
+            out["windows_degraded_live"] = int(np.sum(differ & degraded))
+            out["windows_unexplained"] = int(np.sum(differ & ~degraded))
     cam_off = {c.stamp_ns: c for c in offline.camera}
     matched = [(cam_off[c.stamp_ns], c) for c in live.camera if c.stamp_ns in cam_off]
     out["frames_offline"], out["frames_live"], out["frames_matched"] = (
