@@ -237,6 +237,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._newest_stamp = -math.inf
         self._newest_by_input: dict[str, float] = {}  # message time reached by each input topic
         self._last_recv_by_input: dict[str, float] = {}  # wall receipt time of each input topic's latest message
+        self._inputs: list[str] = []  # input sources the watermark waits for (IMU source names, "can")
+        self._first_recv: float | None = None  # receipt time of the first input message since activation/reset
         self._last_receipt_clock = None
         self._drop_lo, self._drop_hi = math.inf, -math.inf  # stamps of dropped messages not yet covered by windows
         self._last_rate_snapshot: tuple[float, Counter[str]] | None = None
@@ -327,6 +329,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         from sensor_msgs.msg import Imu
 
         in_qos = qos_from_name(params["input_qos"], params["input_qos_depth"] or None)
+        self._inputs = list(params["imu_sources"]) + (["can"] if params["can_topic"] else [])
+        self._first_recv = None
         for topic, source in zip(params["imu_topics"], params["imu_sources"]):
             self._subs.append(self._subscribe(Imu, topic, self._imu_callback(source), in_qos))
         if params["can_topic"]:
@@ -499,7 +503,18 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
                     # order, but not in step with the others: rclpy takes one message per topic in turn, so under
                     # load the low-rate IMU runs ahead of CAN). A topic silent for max_input_wait_s (receipt time)
                     # is not waited for; its signals then go stale in the windows.
-                    horizon = min(t for k, t in newest_of.items() if t_recv - last_recv[k] <= max_wait)
+                    # An input not heard from yet counts as silent since the first message of any input, so the
+                    # first windows wait for it too (else they are scored before its first message arrives).
+                    if self._first_recv is None:
+                        self._first_recv = t_recv
+                    horizon = min(
+                        (
+                            newest_of.get(k, -math.inf)
+                            for k in self._inputs
+                            if t_recv - last_recv.get(k, self._first_recv) <= max_wait
+                        ),
+                        default=newest_of[source],  # this event's own input is never silent
+                    )
                     next_end = featurizer.next_window_end
                     if next_end is not None and horizon >= next_end:
                         with self._scoring:
@@ -530,6 +545,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._newest_stamp = -math.inf
         self._newest_by_input.clear()
         self._last_recv_by_input.clear()
+        self._first_recv = None
         with self._stats_lock:
             self._drop_lo, self._drop_hi = math.inf, -math.inf
         self.get_logger().warn(reason)
