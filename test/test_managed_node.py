@@ -92,3 +92,43 @@ def test_invalid_parameters_are_listed_together(ros_node):
         assert node.lifecycle_state == "unconfigured"
     finally:
         node.destroy_node()
+
+
+def test_wrong_parameter_types_are_reported_not_fatal_and_ints_serve_as_floats(ros_node, tmp_path):
+    """rclpy raises at declaration when an override has another type than a static parameter; ours are declared
+    with dynamic typing and checked by the table, so `-p rate_hz:=20` works and `-p mode:=3` is a clear error."""
+    from rclpy.parameter import Parameter
+
+    from flow_anomaly_ros.ros.managed_node import ParameterError
+
+    node_cls = _make_node_class()
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"x")
+    good = node_cls(
+        "int_for_float",
+        context=ros_node.context,
+        parameter_overrides=[
+            Parameter("autostart", value=False),
+            Parameter("model_path", value=str(model)),
+            Parameter("rate_hz", value=20),
+        ],
+    )
+    bad = node_cls(
+        "wrong_types",
+        context=ros_node.context,
+        parameter_overrides=[
+            Parameter("autostart", value=False),
+            Parameter("mode", value=3),
+            Parameter("diagnostics_period_s", value="often"),
+        ],
+    )
+    try:
+        values = good.read_params()
+        assert values["rate_hz"] == 20.0 and isinstance(values["rate_hz"], float)
+        with pytest.raises(ParameterError) as info:
+            bad.read_params()
+        assert "mode=3 has type int, expected str" in str(info.value)
+        assert "diagnostics_period_s='often' has type str, expected float" in str(info.value)
+    finally:
+        good.destroy_node()
+        bad.destroy_node()

@@ -47,7 +47,30 @@ class Param:
     check: Callable[[Any], str | None] | None = None  # returns a problem description or None
     read_only: bool = False
 
+    def coerce(self, value: Any) -> Any:
+        """An int given for a float parameter (``-p threshold:=1``) is that float; other types stay as given."""
+        if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    def type_problem(self, value: Any) -> str | None:
+        """Parameters are declared with dynamic typing (a wrong type must not kill the node at declaration, which
+        is what rclpy does with a statically typed parameter); the type is checked here instead."""
+        expected = type(self.default)
+        if isinstance(self.default, (list, tuple)):
+            ok = isinstance(value, (list, tuple))
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, expected)
+        if ok:
+            return None
+        return f"{self.name}={value!r} has type {type(value).__name__}, expected {expected.__name__}"
+
     def problems(self, value: Any) -> list[str]:
+        type_problem = self.type_problem(value)
+        if type_problem:
+            return [type_problem]
         out = []
         if self.choices is not None and value not in self.choices:
             out.append(f"{self.name}={value!r} is not one of {list(self.choices)}")
@@ -82,23 +105,32 @@ class ManagedAnomalyNode(LifecycleNode):
         self._param_table = {p.name: p for p in (*COMMON_PARAMS, *self.PARAMS)}
         for p in self._param_table.values():
             self.declare_parameter(
-                p.name, p.default, ParameterDescriptor(description=p.description, read_only=p.read_only)
+                p.name,
+                p.default,
+                ParameterDescriptor(description=p.description, read_only=p.read_only, dynamic_typing=True),
             )
         self.config_error: str | None = None
         self.params: dict[str, Any] = {}
         self.diagnostics = DiagnosticsReporter(
-            self, self._diagnostics_items, period_s=float(self.get_parameter("diagnostics_period_s").value)
+            self, self._diagnostics_items, period_s=self._early_param("diagnostics_period_s")
         )
         self._retry_timer = None
-        if self.get_parameter("autostart").value:
+        if self._early_param("autostart"):
             # Deferred to the first spin so that subclasses finish their constructors first. Steady clock: with
             # use_sim_time the ROS clock stands still until /clock arrives, and start-up must not wait for a bag.
             self._start_timer = self.create_timer(0.0, self._autostart_once, clock=STEADY_CLOCK)
 
     # ----- parameters -------------------------------------------------------------------------------------------
+    def _early_param(self, name: str) -> Any:
+        """A parameter needed before validation (autostart, diagnostics period): its default when invalid, so that
+        the node still starts and reports the problem on /diagnostics."""
+        p = self._param_table[name]
+        value = p.coerce(self.get_parameter(name).value)
+        return p.default if p.problems(value) else value
+
     def read_params(self) -> dict[str, Any]:
         """Current parameter values, validated; raises ParameterError listing every problem."""
-        values = {name: self.get_parameter(name).value for name in self._param_table}
+        values = {name: p.coerce(self.get_parameter(name).value) for name, p in self._param_table.items()}
         problems = [msg for name, p in self._param_table.items() for msg in p.problems(values[name])]
         problems += self.validate_params(values)
         if problems:
