@@ -79,12 +79,12 @@ def build_data(duration_s: float, workdir: Path):
     return config, model_dir, events[st >= t0 + TRAIN_S + CALIB_S]
 
 
-def core_cost(model_dir: Path, events: np.ndarray, contributions: bool) -> tuple[float, float, float]:
+def core_cost(model_dir: Path, events: np.ndarray, contributions: str) -> tuple[float, float, float]:
     """The core alone, offline (score_recording, one thread): CPU seconds per message, and p50/p99 (ms) of the
     wall time of a poll that scores windows (what the node spends on the message that completes a window)."""
     from flow_anomaly_ros.timeseries.pipeline import StreamingScorer, score_recording
 
-    scorer = StreamingScorer.from_model_dir(model_dir, with_contributions=contributions)
+    scorer = StreamingScorer.from_model_dir(model_dir, contributions=contributions)
     scorer.warm_up()  # as the node does at configure
     poll, poll_ms = scorer.poll, []
 
@@ -212,8 +212,9 @@ def main() -> int:
     configs = [("defaults", {})]  # (label, node parameters)
     if not args.quick:
         configs += [
-            ("contributions:=false", {"contributions": "false"}),
-            ("input_batch_s:=0.002", {"input_batch_s": "0.002"}),
+            ("contributions:=all", {"contributions": "all"}),
+            ("contributions:=none", {"contributions": "none"}),
+            ("input_thread:=false", {"input_thread": "false"}),  # the rclpy executor takes the input (baseline)
             ("thread_priority:=50", {"thread_priority": "50"}),
         ]
     with tempfile.TemporaryDirectory(prefix="bench_ts_node_") as tmp:
@@ -226,7 +227,7 @@ def main() -> int:
         rows, cpu_rows = [], []
         load_before = os.getloadavg()
         for label, node_params in configs:
-            core, core_p50, core_p99 = core_cost(model_dir, events, node_params.get("contributions") != "false")
+            core, core_p50, core_p99 = core_cost(model_dir, events, node_params.get("contributions", "anomalous"))
             print(f"node run, {label} ...", flush=True)
             r = run_node(model_dir, replay, node_params, env)
             if "thread_priority" in node_params and not r["realtime"].startswith("SCHED_FIFO"):

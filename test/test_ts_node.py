@@ -380,6 +380,7 @@ def test_invalid_parameter_values_are_named_together_at_configure(ros_node, tmp_
         "imu_topics": ["/a/imu", "/b/imu"],
         "imu_sources": ["imu"],
         "input_qos": "fastest",
+        "contributions": True,  # the former boolean: now anomalous / all / none
         "queue_size": 2,
         "input_batch_s": 0.5,
         "clock_jump_back_s": float("nan"),
@@ -398,6 +399,7 @@ def test_invalid_parameter_values_are_named_together_at_configure(ros_node, tmp_
             "model_dir is empty",
             "imu_sources has 1 entries but imu_topics has 2",
             "input_qos='fastest' is not one of",
+            "contributions=True has type bool, expected str",
             "queue_size=2 must be >= 8",
             "input_batch_s=0.5 must be <= 0.02",
             "clock_jump_back_s=nan must be finite",
@@ -412,7 +414,8 @@ def test_invalid_parameter_values_are_named_together_at_configure(ros_node, tmp_
 # --------------------------------------------------------------------------------------------------------------
 # Flood
 # --------------------------------------------------------------------------------------------------------------
-def test_flood_is_bounded_counted_and_survived(ts_world, ros_node, node_procs):
+@pytest.mark.parametrize("input_thread", [True, False], ids=["input_thread", "executor_callbacks"])
+def test_flood_is_bounded_counted_and_survived(ts_world, ros_node, node_procs, input_thread):
     import psutil
     from ts_replay_publisher import save_replay
 
@@ -428,9 +431,9 @@ def test_flood_is_bounded_counted_and_survived(ts_world, ros_node, node_procs):
     replay = ts_world.tmp / "flood.npz"
     save_replay(replay, events[order], send[order])
 
-    name = "ts_flood"
+    name = f"ts_flood_{int(input_thread)}"
     listener = Listener(ros_node, name)
-    node = start_node(name, model_dir=ts_world.model_dir, queue_size=8)
+    node = start_node(name, model_dir=ts_world.model_dir, queue_size=8, input_thread=input_thread)
     node_procs.append(node)
     assert spin_until(ros_node, lambda: listener.values().get("model_id"), timeout=60.0), _fail(node, listener)
     rss_before = psutil.Process(node.pid).memory_info().rss
@@ -439,6 +442,7 @@ def test_flood_is_bounded_counted_and_survived(ts_world, ros_node, node_procs):
     spin_until(ros_node, lambda: False, timeout=1.0)
     values = listener.values()
     assert node.poll() is None, "node died in the flood"
+    assert values["input_path"].startswith("input thread" if input_thread else "executor callbacks"), values
     assert int(values["dropped"]) + int(values["lost_in_transport"]) > 0, values
     assert rss_after - rss_before < 50e6, f"memory grew by {(rss_after - rss_before) / 1e6:.0f} MB"
     flood_windows = _affected(listener.scores, t0, (4.0, 4.5), ts_world.config.window_s)
@@ -488,7 +492,7 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
 
     # Live equals offline, window by window: same status, bit-identical float32 scores and contributions, and the
     # core saw the same input (its counters of accepted, unknown, mismatched... frames agree).
-    scorer = StreamingScorer.from_model_dir(ts_world.model_dir)
+    scorer = StreamingScorer.from_model_dir(ts_world.model_dir, contributions="anomalous")  # the node's default
     offline = score_recording(scorer, events)
     assert {k: int(values[f"core.{k}"]) for k in scorer.counters} == scorer.counters
     matched = [(r, live[round(r.end_s, 6)]) for r in offline if round(r.end_s, 6) in live]
@@ -498,6 +502,8 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
         if r.status == STATUS["OK"]:
             assert s.score == np.float32(r.score) and s.is_anomaly == r.is_anomaly
             assert list(s.feature_contributions) == [np.float32(c) for c in r.contributions]
+            n = len(scorer.feature_names) if s.is_anomaly else 0  # contributions say why a window was flagged
+            assert len(s.feature_contributions) == len(s.feature_names) == n
 
     # ~/score_value mirrors ~/score for plotting tools.
     n = min(len(values_seen), len(listener.scores))  # the node goes on publishing (stale) after the replay

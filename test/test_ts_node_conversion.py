@@ -45,6 +45,51 @@ def test_can_frame_roundtrip_keeps_dlc_flags_and_payload_length():
         can_message(frame_cls, 0.0, 1, bytes(9))
 
 
+def test_serialized_frame_reader_agrees_with_rclpy_on_every_field():
+    """The node reads CAN frames from their CDR bytes (can_event_from_cdr); rclpy's deserialisation is the
+    reference: every header length (the frame_id string moves the 4-byte alignment), id, flag, DLC and stamp."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from flow_anomaly_ros.ros.can_conversion import can_event, can_event_from_cdr, can_message, frame_type
+
+    frame_cls = frame_type()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        dlc = int(rng.integers(0, 16))  # 9..15: a bad DLC must reach the core as it was sent
+        msg = can_message(
+            frame_cls,
+            float(rng.uniform(0, 2e9)),
+            int(rng.integers(0, 1 << 29)),
+            rng.integers(0, 256, size=min(dlc, 8), dtype=np.uint8).tobytes(),
+            dlc=dlc,
+            is_error=bool(rng.integers(2)),
+            is_extended=bool(rng.integers(2)),
+            frame_id="x" * (i % 9),
+        )
+        msg.is_rtr = bool(rng.integers(2))
+        raw = serialize_message(msg)
+        reference = deserialize_message(raw, frame_cls)
+        assert can_event_from_cdr(raw, frame_cls) == (can_event(reference), reference.is_rtr)
+        assert can_event_from_cdr(raw, frame_cls, stamp_s=7.5)[0][0] == 7.5  # stamp_source=receipt
+
+
+def test_serialized_frame_reader_handles_big_endian_and_refuses_garbage():
+    import struct
+
+    from flow_anomaly_ros.ros.can_conversion import can_event_from_cdr, frame_type
+
+    frame_cls = frame_type()
+    # A big-endian CDR frame as another DDS vendor may send it: header, frame_id "can" + NUL, aligned id, flags, DLC.
+    header = struct.pack(">iII4s", 12, 500_000_000, 4, b"can\0")
+    body = header + struct.pack(">I4B8s", 0x1A0, 0, 1, 0, 3, b"\x01\x02\x03")
+    event, is_rtr = can_event_from_cdr(b"\x00\x00\x00\x00" + body, frame_cls)
+    assert event == (12.5, 0x1A0, b"\x01\x02\x03", 3, False, True) and not is_rtr
+    with pytest.raises(ValueError, match="not a serialized can_msgs/msg/Frame"):
+        can_event_from_cdr(b"\x00\x01\x00\x00" + body[:10], frame_cls)  # truncated
+    with pytest.raises(ValueError, match="not a serialized can_msgs/msg/Frame"):
+        can_event_from_cdr(b"", frame_cls)
+
+
 def test_replay_events_match_what_the_core_scores_offline():
     """The publisher's messages, converted back by the node's functions, are exactly the core's events."""
     from ts_replay_publisher import quantised

@@ -85,6 +85,26 @@ def test_first_windows_warm_up_then_ok_with_contributions(small):
     assert np.isclose(np.diff([x.end_s for x in res]), 0.1).all()
 
 
+def test_contributions_anomalous_explains_exactly_the_flagged_windows_with_the_same_numbers(small):
+    """contributions="anomalous" (the node's default) gives the flagged windows what "all" gives them, and the
+    others none; the scores do not depend on the mode; an unknown mode is refused."""
+    runs = {
+        mode: score_recording(StreamingScorer.from_model_dir(small["path"], contributions=mode), small["test"])
+        for mode in ("all", "anomalous", "none")
+    }
+    flagged = [i for i, r in enumerate(runs["all"]) if r.is_anomaly]
+    assert flagged, "the 0.95-quantile threshold flags some test windows"
+    for res in runs.values():
+        np.testing.assert_array_equal([r.score for r in res], [r.score for r in runs["all"]])
+    for i, (a, e, n) in enumerate(zip(runs["all"], runs["anomalous"], runs["none"])):
+        assert n.contributions == []
+        assert e.contributions == (a.contributions if i in flagged else [])
+        if a.status == OK:
+            assert len(a.contributions) == len(a.feature_names)
+    with pytest.raises(ValueError, match="contributions='some'"):
+        StreamingScorer.from_model_dir(small["path"], contributions="some")
+
+
 def _with(rec, mask_keep=None, edit=None):
     ev = rec.events.copy()
     if edit is not None:

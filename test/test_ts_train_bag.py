@@ -106,7 +106,7 @@ def test_train_on_bag_then_score_matches_core(drive, tmp_path):
     csv_path = tmp_path / "scores.csv"
     assert _cli("score", "--bag", str(bag), "--model", str(out), "--out", str(csv_path), "--top", "2") == 0
     rows = list(csv.DictReader(csv_path.open()))
-    scorer = StreamingScorer.from_model_dir(out, with_contributions=False)  # same scores, faster
+    scorer = StreamingScorer.from_model_dir(out, contributions="none")  # same scores, faster
     expected = score_recording(scorer, recording_from_bag(bag, IMU, CAN))
     assert len(rows) == len(expected) > 300
     for row, r in zip(rows, expected):

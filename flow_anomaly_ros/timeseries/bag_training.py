@@ -348,7 +348,7 @@ def score_bag(
     """Window results of the node's StreamingScorer on the bag, and a summary (alarm rate, status counts)."""
     from flow_anomaly_ros.timeseries.pipeline import OK, STATUS_NAMES, StreamingScorer, score_recording
 
-    scorer = StreamingScorer.from_model_dir(model_dir, with_contributions=top > 0)
+    scorer = StreamingScorer.from_model_dir(model_dir, contributions="all" if top > 0 else "none")
     config = scorer.config
     topics = imu_topic_map(imu_topics, config)
     [(rec, cov)] = load_bag_recordings(config, [bag], topics, can_topic, stamp_source)

@@ -53,7 +53,7 @@ INVALID_REASONS = ("nan", "dlc", "undecodable", "out_of_order", "late")
 
 @dataclass
 class WindowResult:
-    """One scored window (one per stride)."""
+    """One scored window (one per stride); ``contributions`` is empty where they were not computed."""
 
     start_s: float
     end_s: float
@@ -442,22 +442,34 @@ def load_timeseries_model(path: str | Path, expected_detector: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
-class StreamingScorer:
-    """Featurizer + model: the live node and offline scoring both use this class."""
+CONTRIBUTIONS = ("all", "anomalous", "none")  # which windows StreamingScorer explains feature by feature
 
-    def __init__(self, model: TimeseriesModel, with_contributions: bool = True) -> None:
+
+class StreamingScorer:
+    """Featurizer + model: the live node and offline scoring both use this class.
+
+    ``contributions`` says which windows get per-feature contributions: ``"all"``, ``"anomalous"`` (only windows
+    over the threshold: the attribution is one model pass over d + 1 rows, ~4x the cost of the score itself, and
+    the question it answers is why a window was flagged) or ``"none"``. Detectors without attribution give none.
+    """
+
+    def __init__(self, model: TimeseriesModel, contributions: str = "all") -> None:
+        if contributions not in CONTRIBUTIONS:
+            raise ValueError(f"contributions={contributions!r}: choose one of {', '.join(CONTRIBUTIONS)}")
         self.model = model
         self.featurizer = WindowFeaturizer(model.config)
-        self.with_contributions = with_contributions and hasattr(model.detector, "contributions")
+        has = hasattr(model.detector, "contributions")
+        self.contributions = contributions if has else "none"
+        self.with_contributions = self.contributions != "none"
         self.feature_names = model.feature_names
         self.signal_names = model.config.signal_names
         self.threshold = float(model.detector.threshold_)
         self.model_id = model.model_id
 
     @classmethod
-    def from_model_dir(cls, path: str | Path, with_contributions: bool = True) -> StreamingScorer:
+    def from_model_dir(cls, path: str | Path, contributions: str = "all") -> StreamingScorer:
         """Load a model directory; raises ModelFileError with a clear message on any problem."""
-        return cls(load_timeseries_model(path), with_contributions=with_contributions)
+        return cls(load_timeseries_model(path), contributions=contributions)
 
     def warm_up(self) -> None:
         """Run the model once on the median window (score and, if enabled, contributions); raises if it cannot.
@@ -509,11 +521,12 @@ class StreamingScorer:
             try:
                 feats = np.stack([windows[i].features for i in ok])
                 scores[ok] = self.model.score_windows(feats)
-                if self.with_contributions:
-                    z = self.model.normaliser.transform(feats)
+                explain = [j for j, i in enumerate(ok) if self.contributions == "all" or scores[i] > self.threshold]
+                if self.with_contributions and explain:
+                    z = self.model.normaliser.transform(feats[explain])
                     c = self.model.detector.contributions(z)
-                    for j, i in enumerate(ok):
-                        contrib[i] = c[j].tolist()
+                    for row, j in zip(c, explain):
+                        contrib[ok[j]] = row.tolist()
             except Exception as exc:  # a model failure must not take the node down; report it per window
                 error = f"scoring failed: {type(exc).__name__}: {exc}"
                 self.featurizer._count("model_errors", len(ok))
