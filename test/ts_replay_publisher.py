@@ -17,6 +17,7 @@ Prints one line ``SENT imu=N can=M late_ms_max=X`` at the end (the test and the 
 from __future__ import annotations
 
 import argparse
+import struct
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import rclpy
+    from rclpy.serialization import serialize_message
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Imu
 
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no subscriber matched", file=sys.stderr)
     time.sleep(0.3)  # let both sides finish matching (reliable history starts empty)
 
-    # Build every message up front so the send loop only publishes.
+    # Build and serialize every message up front so the send loop only publishes bytes, as a C++ driver such as
+    # ros2_socketcan would (Python message conversion on each publish would make this process, not the node under
+    # test, the main CPU load of a benchmark on a small machine).
     msgs = []
     for e, is_rtr in zip(ev, rtr):
         if e["kind"] == KIND_IMU:
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             m.is_rtr = bool(is_rtr)
             msgs.append((can_pub, m))
+    little_endian_cdr = all(bytes(serialize_message(m)[:2]) == b"\x00\x01" for _, m in msgs[:1])
+    msgs = [(pub, serialize_message(m)) for pub, m in msgs]
     send_t = send_t - send_t[0] if len(send_t) else send_t
     counts = {"imu": 0, "can": 0}
     late_max = 0.0
@@ -150,13 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed > 0:
             target = t0 + t_rel / args.speed
             delay = target - time.perf_counter()
-            if delay > 0.0005:
-                time.sleep(delay - 0.0003)
-            while time.perf_counter() < target:
-                pass
+            if delay > 0:
+                time.sleep(delay)  # no busy-wait: it would take a CPU from the node under test
             late_max = max(late_max, time.perf_counter() - target)
-        if args.stamp_now:
-            msg.header.stamp = clock.now().to_msg()
+        if args.stamp_now:  # header.stamp is the first field of both Imu and Frame: right after the CDR header
+            if not little_endian_cdr:
+                raise SystemExit("--stamp-now needs little-endian CDR")
+            buf = bytearray(msg)
+            sec, nanosec = divmod(clock.now().nanoseconds, 1_000_000_000)
+            struct.pack_into("<iI", buf, 4, sec, nanosec)
+            msg = bytes(buf)
         publish_clock(float(stamp))
         pub.publish(msg)
         counts["imu" if pub is not can_pub else "can"] += 1
