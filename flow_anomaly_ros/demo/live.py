@@ -180,6 +180,7 @@ def replay_and_record(
     finally:
         recorder.close()
         executor.shutdown()
+        spin.join(timeout=5.0)  # out of rclpy's wait before the node and context go (see bag_cli._cmd_play)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
     return LiveRun(

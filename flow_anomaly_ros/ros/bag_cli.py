@@ -102,7 +102,10 @@ def _cmd_play(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     player.close()
+    # The spin thread must have left the executor before the node and the context go: a daemon thread still inside
+    # rclpy's wait when the interpreter exits aborts the process ("terminate called without an active exception").
     executor.shutdown()
+    spin.join(timeout=5.0)
     node.destroy_node()
     rclpy.try_shutdown()
     return 0

@@ -124,7 +124,7 @@ def _sampler(args: argparse.Namespace):
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    from flow_anomaly_ros.synthesis.sampling import (
+    from flow_anomaly_ros.synthesis.sampling_defaults import (
         DEFAULT_HIGH_QUANTILE,
         DEFAULT_LOW_QUANTILE,
         DEFAULT_TEMPERATURE,

@@ -36,13 +36,14 @@ import torch
 
 from flow_anomaly_ros.flows.maf import sample_with_temperature
 from flow_anomaly_ros.synthesis.patch_flow import PatchFlow, torch_generator_from
+from flow_anomaly_ros.synthesis.sampling_defaults import (  # re-exported here; defined once for the CLI
+    DEFAULT_HIGH_QUANTILE,
+    DEFAULT_LOW_QUANTILE,
+    DEFAULT_TEMPERATURE,
+    SAMPLING_MODES,
+)
 
 PatchSource = Callable[[int, np.random.Generator], np.ndarray]
-SAMPLING_MODES = ("outside", "boundary", "any")
-# Defaults: T = 1.5 leaves the inlier mode clearly; the 1 % / 10 % quantiles follow "outside" / "boundary" of §6.
-DEFAULT_TEMPERATURE = 1.5
-DEFAULT_LOW_QUANTILE = 0.01
-DEFAULT_HIGH_QUANTILE = 0.10
 
 
 @dataclass
