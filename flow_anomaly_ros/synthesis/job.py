@@ -37,6 +37,11 @@ from typing import Any
 import numpy as np
 
 from flow_anomaly_ros.model_store import atomic_write_bytes, atomic_write_json
+from flow_anomaly_ros.synthesis.sampling_defaults import (
+    DEFAULT_HIGH_QUANTILE,
+    DEFAULT_LOW_QUANTILE,
+    DEFAULT_TEMPERATURE,
+)
 
 LOG = logging.getLogger(__name__)
 STAGES = ("gather", "maf_train", "synthesis", "finetune", "export", "engine")  # TrainingStatus.stage names
@@ -83,9 +88,9 @@ class JobConfig:
     maf_batch_size: int = 256
     maf_checkpoint_every: int = 100
     sampling_mode: str = "outside"
-    temperature: float = 1.5
-    low_quantile: float = 0.01
-    high_quantile: float = 0.10
+    temperature: float = DEFAULT_TEMPERATURE
+    low_quantile: float = DEFAULT_LOW_QUANTILE
+    high_quantile: float = DEFAULT_HIGH_QUANTILE
     num_negatives: int = 2048
     synthetic_examples: int = 16
     finetune_steps: int = 1000
