@@ -22,6 +22,7 @@ from flow_anomaly_ros.timeseries.pipeline import (
     WARMING_UP,
     StreamingScorer,
     TimeseriesModel,
+    WindowFeaturizer,
     featurize_recording,
     score_recording,
     stack_features,
@@ -283,3 +284,47 @@ def test_check_compatible_names_missing_inputs(small):
 def test_can_only_rows_count_kinds(small):
     ev = small["test"].events
     assert (ev["kind"] == KIND_CAN).sum() > 5 * (ev["kind"] == KIND_IMU).sum() / 2
+
+
+def test_windows_prepared_ahead_equal_windows_computed_at_their_end(small):
+    """``prepare`` (the node computes a window's signal part as soon as its inputs are final) changes no feature,
+    status or message, also when it was called too early: here the IMU stalls for 0.3 s and ``prepare`` is called on
+    the CAN stamps alone for a while (as when the node stops waiting for a silent input), so IMU samples then arrive
+    at or before prepared ticks and must discard the prepared part. Windows are finalised on the node's watermark."""
+
+    def edit(ev):
+        ev["gyro"][(ev["kind"] == KIND_IMU) & (ev["stamp"] >= 30.0) & (ev["stamp"] < 30.05)] = np.nan
+        ev["dlc"][np.flatnonzero((ev["kind"] == KIND_CAN) & (ev["stamp"] >= 36.0))[0]] = 1
+
+    drop = lambda ev: ~((ev["kind"] == KIND_CAN) & (ev["stamp"] >= 32.0) & (ev["stamp"] < 32.6))  # noqa: E731
+    events = _with(small["test"], mask_keep=drop, edit=edit)
+    config = small["config"]
+    reference = featurize_recording(config, events)
+
+    stalled = (events["kind"] == KIND_IMU) & (events["stamp"] >= 34.0)  # from 34 s the IMU arrives 0.3 s late
+    order = np.argsort(events["stamp"] + np.where(stalled, 0.3, 0.0), kind="stable")
+    featurizer = WindowFeaturizer(config)
+    newest = {"imu": -np.inf, "can": -np.inf}
+    live, discarded = [], 0
+    for row in events[order]:
+        stamp, kind = float(row["stamp"]), "imu" if row["kind"] == KIND_IMU else "can"
+        if kind == "imu":
+            featurizer.push_imu(stamp, row["accel"], row["gyro"])
+        else:
+            featurizer.push_can(stamp, int(row["can_id"]), row["data"][: row["dlc"]].tobytes(), int(row["dlc"]))
+        discarded += featurizer._prepared_k is None and featurizer._prepared_tick > -np.inf
+        newest[kind] = max(newest[kind], stamp)
+        horizon = min(newest.values())
+        nxt = featurizer.next_window_end
+        if nxt is not None and horizon >= nxt:
+            live += featurizer.poll(horizon)
+        else:  # during the stall, on the CAN stamps alone: too early for the stalled IMU samples
+            featurizer.prepare(newest["can"] if 34.0 <= stamp < 35.4 else horizon)
+    live += featurizer.poll(float(events["stamp"].max()))
+
+    assert featurizer.prepared_windows > 0.8 * len(reference) and discarded > 0
+    assert [w.end_s for w in live] == [w.end_s for w in reference]
+    assert [(w.status, w.status_message) for w in live] == [(w.status, w.status_message) for w in reference]
+    assert {w.status for w in reference} >= {OK, INVALID_INPUT, STALE_INPUT}
+    for a, b in zip(live, reference):
+        assert (a.features is None and b.features is None) or a.features.tobytes() == b.features.tobytes()

@@ -53,6 +53,7 @@ class FeatureLayout:
             names += ["can.unknown_ids:log_count", "can.error_frames:log_count", "can.bus:load"]
         self.names = names
         self.expected_total = config.window_s * sum(1.0 / p for p in self.periods) if self.periods else 1.0
+        self.signal_dim = 3 * len(config.signals) + 2 * len(config.consistency)  # features from resampled values
 
     @property
     def dim(self) -> int:
@@ -64,19 +65,29 @@ class FeatureLayout:
 
     def compute(self, values: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float) -> np.ndarray:
         """Feature vector of the window ``[start_s, end_s)``. ``values``: (n_signals, n_ticks) in SI units, finite."""
+        out = np.empty(self.dim, dtype=np.float64)
+        out[: self.signal_dim] = self.signal_features(values)
+        self.fill_timing_features(out, timing, start_s, end_s)
+        return out
+
+    def signal_features(self, values: np.ndarray) -> np.ndarray:
+        """The first ``signal_dim`` features: per-signal statistics and consistency residuals of the resampled
+        values. They depend on the values at the window's ticks only, so they can be computed as soon as those are
+        final, before the window's end (see ``WindowFeaturizer.prepare``)."""
         cfg = self.config
         dt = 1.0 / cfg.rate_hz
-        out = np.empty(self.dim, dtype=np.float64)
-        n_sig = values.shape[0]
-        mean = values.mean(axis=1)
-        std = values.std(axis=1)
-        diff = np.diff(values, axis=1)
-        diff_rms = np.sqrt(np.mean(diff * diff, axis=1))
-        block = np.empty((n_sig, 3))
-        block[:, 0] = mean
-        block[:, 1] = np.log(np.maximum(std, self.eps))
-        block[:, 2] = np.log(np.maximum(diff_rms, self.eps))
-        out[: 3 * n_sig] = block.reshape(-1)
+        out = np.empty(self.signal_dim, dtype=np.float64)
+        n_sig, n = values.shape
+        # Spelled out with the ufuncs that ndarray.mean / std and np.diff run inside (add.reduce / n, then the
+        # squared deviations from that mean): bit-identical values with a third of the calls, on the latency path.
+        mean = np.add.reduce(values, axis=1) / n
+        dev = values - mean[:, None]
+        std = np.sqrt(np.add.reduce(dev * dev, axis=1) / n)
+        diff = values[:, 1:] - values[:, :-1]
+        diff_rms = np.sqrt(np.add.reduce(diff * diff, axis=1) / (n - 1))
+        out[0 : 3 * n_sig : 3] = mean
+        out[1 : 3 * n_sig : 3] = np.log(np.maximum(std, self.eps))
+        out[2 : 3 * n_sig : 3] = np.log(np.maximum(diff_rms, self.eps))
         k = 3 * n_sig
         if cfg.consistency:
             # All residuals reduced in one call per statistic (this runs for every window on the node's latency
@@ -89,7 +100,12 @@ class FeatureLayout:
             n_c = len(cfg.consistency)
             out[k : k + 2 * n_c : 2] = np.add.reduce(residuals, axis=1) / n
             out[k + 1 : k + 2 * n_c : 2] = np.sqrt(np.add.reduce(residuals * residuals, axis=1) / n)
-            k += 2 * n_c
+        return out
+
+    def fill_timing_features(self, out: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float) -> None:
+        """The CAN timing features (after ``signal_dim``) of the window ``[start_s, end_s)`` into ``out``."""
+        cfg = self.config
+        k = self.signal_dim
         if cfg.can_timing:
             if timing is None:
                 raise ValueError("CAN timing features configured but no timing given")
@@ -100,8 +116,6 @@ class FeatureLayout:
             out[k] = math.log1p(timing.unknown_count)
             out[k + 1] = math.log1p(timing.error_count)
             out[k + 2] = timing.total_count / self.expected_total
-            k += 3
-        return out
 
     def _residual(self, c: ConsistencySpec, values: np.ndarray, dt: float) -> np.ndarray:
         a = values[self.index[c.a]]

@@ -48,6 +48,9 @@ STATUS_NAMES = {
     MODEL_ERROR: "MODEL_ERROR",
 }
 MAX_BACKLOG_WINDOWS = 600  # poll() never emits more than this many windows at once (a huge time jump skips ahead)
+# Buffers drop samples no future window needs every this many polls, not on every one: the search per buffer is
+# ~5% of a window's work on the node's latency path, and the few extra samples kept in between change nothing.
+TRIM_EVERY_POLLS = 10
 INVALID_REASONS = ("nan", "dlc", "undecodable", "out_of_order", "late")
 
 
@@ -81,8 +84,18 @@ class WindowFeatures:
 class _CanEntry:
     message: Any
     length: int
-    signals: list[tuple[str, int, float]]  # (DBC signal, buffer index, si_scale)
+    signals: list[tuple[str, float]]  # (DBC signal, si_scale), in the column order of ``stream``
     timing_index: int | None
+    stream: SampleBuffer | None = None  # decoded values of the message's signals, one row per frame
+
+
+@dataclass
+class _Stream:
+    """Signals that always arrive together (one IMU source, one CAN message): one buffer, a column each."""
+
+    buffer: SampleBuffer
+    columns: np.ndarray  # signal indices, in column order
+    limits: list[tuple[int, float]]  # (signal index, staleness limit s)
 
 
 class WindowFeaturizer:
@@ -98,13 +111,27 @@ class WindowFeaturizer:
         self.window_ticks = self.config.window_ticks
         self._tick_offsets = np.arange(self.window_ticks, dtype=np.float64)
         signals = self.config.signals
-        self.buffers = [SampleBuffer() for _ in signals]
         self.staleness = np.array([s.staleness_s for s in signals])
-        self._staleness_list = [float(x) for x in self.staleness]  # plain floats: cheaper per-window comparisons
-        self.imu_map: dict[str, list[tuple[int, int, float]]] = {}
+        # One buffer per stream, not per signal: the window's hold-last search and staleness check then run once
+        # per IMU source and CAN message (7 here) instead of once per signal (16), on the node's latency path.
+        self._streams: list[_Stream] = []
+        self.signal_buffer: list[SampleBuffer] = []  # per signal: the buffer of its stream (newest stamp)
+
+        def stream(indices: list[int]) -> SampleBuffer:
+            buf = SampleBuffer(width=len(indices))
+            limits = [(i, float(self.staleness[i])) for i in indices]
+            self._streams.append(_Stream(buf, np.array(indices, dtype=np.intp), limits))
+            return buf
+
+        imu_fields: dict[str, list[tuple[int, int, float]]] = {}
         for i, s in enumerate(signals):
             if s.is_imu:
-                self.imu_map.setdefault(s.imu_source, []).append((IMU_FIELDS.index(s.imu_field), i, s.si_scale))
+                imu_fields.setdefault(s.imu_source, []).append((IMU_FIELDS.index(s.imu_field), i, s.si_scale))
+        # per IMU source: (its buffer, the IMU_FIELDS index of each column, the column's SI scale)
+        self.imu_map: dict[str, tuple[SampleBuffer, np.ndarray, np.ndarray]] = {}
+        for source, fields in imu_fields.items():
+            buf = stream([i for _, i, _ in fields])
+            self.imu_map[source] = (buf, np.array([f for f, _, _ in fields]), np.array([c for _, _, c in fields]))
         self.timing = [SampleBuffer() for _ in self.config.can_messages]
         self.can_map: dict[tuple[int, bool], _CanEntry] = {}
         if self.config.can_messages:
@@ -114,35 +141,45 @@ class WindowFeaturizer:
                     msg = db.get_message_by_name(name)
                 except KeyError as exc:
                     raise ConfigError(f"message {name!r} not in DBC {self.config.dbc}") from exc
-                sigs = []
+                sigs, indices = [], []
                 for i, s in enumerate(signals):
                     if s.can_message == name:
                         if s.can_signal not in {x.name for x in msg.signals}:
                             raise ConfigError(f"signal {s.can_signal!r} not in message {name} of {self.config.dbc}")
-                        sigs.append((s.can_signal, i, s.si_scale))
+                        sigs.append((s.can_signal, s.si_scale))
+                        indices.append(i)
                 key = (int(msg.frame_id), bool(msg.is_extended_frame))
-                self.can_map[key] = _CanEntry(msg, int(msg.length), sigs, ti)
+                self.can_map[key] = _CanEntry(msg, int(msg.length), sigs, ti, stream(indices))
             for cid in self.config.extra_expected_can_ids:
                 self.can_map.setdefault((cid, cid > 0x7FF), _CanEntry(None, -1, [], None))
         self.unknown = SampleBuffer()
         self.errors = SampleBuffer()
         self.all_frames = SampleBuffer()
         self.invalid = SampleBuffer()  # value = index into INVALID_REASONS
+        by_signal = {int(i): st.buffer for st in self._streams for i in st.columns}
+        self.signal_buffer = [by_signal[i] for i in range(len(signals))]
+        self._buffers = (*(st.buffer for st in self._streams), *self.timing, self.unknown, self.errors)
+        self._buffers += (self.all_frames, self.invalid)
         self.max_lookback = float(self.staleness.max()) + 1.0
         self.counters: dict[str, int] = {}
+        self.prepared_windows = 0  # windows whose signal part came from `prepare` (not a counter: live-only work)
         self.reset("start")
         self.counters["resets"] = 0
 
     # --- state ----------------------------------------------------------------------------------------------
     def reset(self, reason: str) -> None:
         """Forget all samples and the window grid (e.g. the clock jumped backwards); counters are kept."""
-        for b in (*self.buffers, *self.timing, self.unknown, self.errors, self.all_frames, self.invalid):
+        for b in self._buffers:
             b.clear()
         self._last_imu: dict[str, float] = {}
         self._last_can: dict[tuple[int, bool], float] = {}
         self._first_stamp: float | None = None
         self._next_end_k: int | None = None
         self._finalised_end = -math.inf
+        self._polls_untrimmed = 0
+        self._prepared_k: int | None = None  # window (end tick) whose signal part `prepare` computed ahead
+        self._prepared_tick = -math.inf  # its last tick: a sample pushed at or before it discards the part
+        self._prepared: tuple[np.ndarray | None, list[int], list[tuple[int, float]]] | None = None
         self._ready = False
         self.last_reset_reason = reason
         self.counters["resets"] = self.counters.get("resets", 0) + 1
@@ -176,8 +213,8 @@ class WindowFeaturizer:
     def push_imu(self, stamp_s: float, accel: Any, gyro: Any, source: str = "imu") -> str | None:
         """Add one IMU sample (m/s², rad/s). Returns None if accepted, else why it was rejected."""
         what = f"imu[{source}]"
-        fields = self.imu_map.get(source)
-        if fields is None:
+        stream = self.imu_map.get(source)
+        if stream is None:
             self._count("imu_unknown_source")
             return f"{what}: source not used by the model (sources: {sorted(self.imu_map)})"
         stamp_s = float(stamp_s)
@@ -204,8 +241,10 @@ class WindowFeaturizer:
             self._count(f"{what}_invalid")
             self._mark_invalid(stamp_s, "nan")
             return f"{what}: NaN/Inf in sample"
-        for field_index, buf_index, scale in fields:
-            self.buffers[buf_index].append(stamp_s, values[field_index] * scale)
+        buf, field_index, scale = stream
+        if stamp_s <= self._prepared_tick:
+            self._prepared_k = None
+        buf.append(stamp_s, values[field_index] * scale)
         self._count(f"{what}_accepted")
         return None
 
@@ -259,13 +298,16 @@ class WindowFeaturizer:
             self._count("can_undecodable")
             self._mark_invalid(stamp_s, "undecodable")
             return f"can {name}: cannot decode: {exc}"
-        for sig, buf_index, scale in entry.signals:
-            value = float(decoded[sig]) * scale
-            if not math.isfinite(value):
+        row = [float(decoded[sig]) * scale for sig, scale in entry.signals]
+        for (sig, _), value in zip(entry.signals, row):
+            if not math.isfinite(value):  # the frame's signals are kept all together or not at all
                 self._count("can_undecodable")
                 self._mark_invalid(stamp_s, "undecodable")
                 return f"can {name}: non-finite {sig}"
-            self.buffers[buf_index].append(stamp_s, value)
+        if entry.stream is not None:
+            if stamp_s <= self._prepared_tick:
+                self._prepared_k = None
+            entry.stream.append(stamp_s, row)
         self._count("can_accepted")
         return None
 
@@ -301,28 +343,67 @@ class WindowFeaturizer:
             out.append(self._window(self._next_end_k))
             self._next_end_k += self.stride_ticks
         self._finalised_end = (self._next_end_k - self.stride_ticks) / rate
-        keep_from = (self._next_end_k - self.window_ticks) / rate - self.max_lookback
-        for b in (*self.buffers, *self.timing, self.unknown, self.errors, self.all_frames, self.invalid):
-            b.trim_before(keep_from)
+        self._polls_untrimmed += 1
+        if self._polls_untrimmed >= TRIM_EVERY_POLLS:
+            self._polls_untrimmed = 0
+            keep_from = (self._next_end_k - self.window_ticks) / rate - self.max_lookback
+            for b in self._buffers:
+                b.trim_before(keep_from)
         return out
 
-    def _window(self, end_k: int) -> WindowFeatures:
+    def prepare(self, now_s: float) -> bool:
+        """Compute the next window's signal part ahead of its end, once no sample can change it; True if it did.
+
+        The signal features (statistics of the resampled values) and the missing / stale checks depend only on the
+        samples at or before the window's last tick, one tick before its end. Once ``now_s`` is past that tick, with
+        the same promise as for :meth:`poll` (every sample stamped before ``now_s`` has been pushed), they are final,
+        and computing them then leaves only the CAN timing, the rejected-input check and the model for the moment
+        the window closes: about half of the window's work moves off the node's latency path. Optional and exact:
+        a window's features are identical with or without it, and a later push at or before the prepared tick (an
+        input that was not waited for comes back) discards the prepared part.
+        """
+        if self._first_stamp is None or not math.isfinite(now_s):
+            return False
+        if self._next_end_k is None:
+            self._next_end_k = self._first_end_k()
+        end_k = self._next_end_k
+        last_tick = (end_k - 1) / self.config.rate_hz
+        if self._prepared_k == end_k or not now_s > last_tick:
+            return False
+        self._prepared = self._signal_part(end_k)
+        self._prepared_k, self._prepared_tick = end_k, last_tick
+        return True
+
+    def _signal_part(self, end_k: int) -> tuple[np.ndarray | None, list[int], list[tuple[int, float]]]:
+        """(signal features, or None with missing or stale signals; missing signals; stale (signal, age))."""
         rate = self.config.rate_hz
         start_k = end_k - self.window_ticks
-        start_s, end_s = start_k / rate, end_k / rate
         # (offsets + start_k) holds the same exact integers as np.arange(start_k, end_k): identical ticks, one
         # allocation less on the per-window path.
         ticks = (self._tick_offsets + start_k) / rate
-        values = np.empty((len(self.buffers), len(ticks)))
+        values = np.empty((len(self.signal_buffer), len(ticks)))
         missing, stale = [], []
-        for i, (buf, limit) in enumerate(zip(self.buffers, self._staleness_list)):
-            values[i], age = buf.hold_last(ticks)
+        for st in self._streams:  # the signals of a stream share their stamps, hence their ages
+            rows, age = st.buffer.hold_last(ticks)
+            values[st.columns] = rows.T
             if age[0] == math.inf:  # no sample at or before the first tick (ages are finite or +inf)
-                missing.append(i)
+                missing += [i for i, _ in st.limits]
             else:
                 oldest = float(age.max())
-                if oldest > limit:
-                    stale.append((i, oldest))
+                stale += [(i, oldest) for i, limit in st.limits if oldest > limit]
+        missing.sort()  # signal order, for the status message
+        stale.sort()
+        return (None if missing or stale else self.layout.signal_features(values)), missing, stale
+
+    def _window(self, end_k: int) -> WindowFeatures:
+        rate = self.config.rate_hz
+        start_s, end_s = (end_k - self.window_ticks) / rate, end_k / rate
+        if self._prepared_k == end_k:
+            signal_features, missing, stale = self._prepared
+            self.prepared_windows += 1
+        else:
+            signal_features, missing, stale = self._signal_part(end_k)
+        self._prepared_k, self._prepared_tick, self._prepared = None, -math.inf, None
         names = self.config.signal_names
         if missing and not self._ready:
             return WindowFeatures(
@@ -351,7 +432,10 @@ class WindowFeaturizer:
                 error_count=self.errors.count_in(start_s, end_s),
                 total_count=self.all_frames.count_in(start_s, end_s),
             )
-        return WindowFeatures(start_s, end_s, self.layout.compute(values, timing, start_s, end_s), OK, "", False)
+        features = np.empty(self.layout.dim)
+        features[: self.layout.signal_dim] = signal_features
+        self.layout.fill_timing_features(features, timing, start_s, end_s)
+        return WindowFeatures(start_s, end_s, features, OK, "", False)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -508,6 +592,10 @@ class StreamingScorer:
 
     def reset(self, reason: str) -> None:
         self.featurizer.reset(reason)
+
+    def prepare(self, now_s: float) -> bool:
+        """See :meth:`WindowFeaturizer.prepare`: the next window's signal part, ahead of its end."""
+        return self.featurizer.prepare(now_s)
 
     def poll(self, now_s: float) -> list[WindowResult]:
         windows = self.featurizer.poll(now_s)

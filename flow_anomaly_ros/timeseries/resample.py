@@ -9,15 +9,21 @@ signal's staleness limit). Hold-last never looks ahead, so a value at a tick is 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
 class SampleBuffer:
-    """Growable (stamp, value) ring for one signal; stamps must be appended in non-decreasing order."""
+    """Growable (stamp, value) ring; stamps must be appended in non-decreasing order.
 
-    def __init__(self, capacity: int = 1024) -> None:
+    ``width=None``: one value per stamp. ``width=n``: a row of ``n`` values per stamp, for signals that always arrive
+    together (the six axes of one IMU, the signals of one CAN message): one search per window serves all of them.
+    """
+
+    def __init__(self, capacity: int = 1024, width: int | None = None) -> None:
         self._t = np.empty(capacity, dtype=np.float64)
-        self._v = np.empty(capacity, dtype=np.float64)
+        self._v = np.empty(capacity if width is None else (capacity, width), dtype=np.float64)
         self._start = 0
         self._end = 0
 
@@ -31,7 +37,8 @@ class SampleBuffer:
     def last_stamp(self) -> float | None:
         return float(self._t[self._end - 1]) if self._end > self._start else None
 
-    def append(self, stamp: float, value: float = 0.0) -> None:
+    def append(self, stamp: float, value: Any = 0.0) -> None:
+        """Add a sample: a value, or a row of ``width`` values."""
         if self._end == len(self._t):
             self._make_room()
         self._t[self._end] = stamp
@@ -45,7 +52,7 @@ class SampleBuffer:
             self._v[:n] = self._v[self._start : self._end]
         else:
             t = np.empty(2 * len(self._t), dtype=np.float64)
-            v = np.empty(2 * len(self._t), dtype=np.float64)
+            v = np.empty((2 * len(self._t), *self._v.shape[1:]), dtype=np.float64)
             t[:n] = self._t[self._start : self._end]
             v[:n] = self._v[self._start : self._end]
             self._t, self._v = t, v
@@ -66,21 +73,23 @@ class SampleBuffer:
             self._start += idx
 
     def hold_last(self, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Values and ages at ascending ``ticks`` (hold-last). Ticks before the first sample get NaN value, +inf age.
+        """Values (one per tick, or a row per tick) and ages at ascending ``ticks`` (hold-last). Ticks before the
+        first sample get NaN values and +inf age.
 
         Runs once per signal and window on the node's latency path, hence the fast path: once a signal has a sample
         at or before the first tick (every window after warm-up), every tick has one, and plain indexing replaces
         the masked ``np.where`` gathers (same values, a third of the time).
         """
         stamps = self.stamps
+        shape = (len(ticks), *self._v.shape[1:])
         if len(stamps) == 0:
-            return np.full(len(ticks), np.nan), np.full(len(ticks), np.inf)
+            return np.full(shape, np.nan), np.full(len(ticks), np.inf)
         idx = stamps.searchsorted(ticks, side="right") - 1
         if idx[0] >= 0:  # ticks ascend, so idx does: all >= 0
             return self.values[idx], ticks - stamps[idx]
         have = idx >= 0
         safe = np.where(have, idx, 0)
-        values = np.where(have, self.values[safe], np.nan)
+        values = np.where(have.reshape(-1, *([1] * (len(shape) - 1))), self.values[safe], np.nan)
         ages = np.where(have, ticks - stamps[safe], np.inf)
         return values, ages
 
