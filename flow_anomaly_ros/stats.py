@@ -20,6 +20,12 @@ class LatencyWindow:
     def __len__(self) -> int:
         return len(self._samples)
 
+    def copy(self) -> LatencyWindow:
+        """A copy (cheap), so that percentiles can be computed outside the lock that guards this window."""
+        out = LatencyWindow(self._samples.maxlen or 1)
+        out._samples = self._samples.copy()
+        return out
+
     def percentile_ms(self, q: float) -> float:
         if not self._samples:
             return float("nan")

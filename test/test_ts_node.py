@@ -94,7 +94,7 @@ def _ros_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(f"'{v}'" for v in value) + "]"
+        return "[" + ",".join(f"'{v}'" if isinstance(v, str) else str(v) for v in value) + "]"
     return str(value) if value != "" else "''"
 
 
@@ -105,6 +105,18 @@ def start_node(name: str, env: dict | None = None, **params):
     for key, value in params.items():
         args += ["-p", f"{key}:={_ros_value(value)}"]
     return start_python(args, env=env)
+
+
+PIN_CPU = max(os.sched_getaffinity(0))  # the CPU the bad-input node is pinned to (cpu_affinity)
+
+
+def _thread_cpus(pid: int) -> dict[str, str]:
+    """Thread name -> the CPUs it may run on (``Cpus_allowed_list`` in /proc), for every thread of ``pid``."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        out[f"{status['Name'].strip()}/{task.name}"] = status["Cpus_allowed_list"].strip()
+    return out
 
 
 def start_publisher(name: str, replay: Path, *extra: str):
@@ -254,7 +266,8 @@ def test_bad_input_each_case_has_its_behaviour_and_the_node_survives(ts_world, r
     name = "ts_bad_input"
     listener = Listener(ros_node, name)
     node = start_node(name, model_dir=ts_world.model_dir, use_sim_time=True, input_qos="reliable",
-                      input_qos_depth=2000, output_qos_depth=2000, thread_priority=1)  # fmt: skip
+                      input_qos_depth=2000, output_qos_depth=2000, thread_priority=1,
+                      cpu_affinity=[PIN_CPU])  # fmt: skip
     node_procs.append(node)
     run_replay(ros_node, node, listener, replay, "--qos", "reliable", "--depth", "2000", "--speed", "2", "--clock",
                "--clock-tail", "2.5")  # fmt: skip
@@ -309,6 +322,10 @@ def test_bad_input_each_case_has_its_behaviour_and_the_node_survives(ts_world, r
     assert int(values["dropped"]) == 0
     # thread_priority: real-time scheduling where the machine allows it, else said so (and scoring goes on anyway)
     assert values["realtime"].startswith(("SCHED_FIFO 1 ", "refused")), values["realtime"]
+    # cpu_affinity: every thread of the node's process (executor, input, DDS) runs on the one CPU asked for
+    assert values["cpu_affinity"].startswith(f"CPU {PIN_CPU} ("), values["cpu_affinity"]
+    allowed = _thread_cpus(node.pid)
+    assert len(allowed) >= 4 and set(allowed.values()) == {str(PIN_CPU)}, allowed
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -385,6 +402,7 @@ def test_invalid_parameter_values_are_named_together_at_configure(ros_node, tmp_
         "input_batch_s": 0.5,
         "clock_jump_back_s": float("nan"),
         "dbc_file": str(tmp_path / "missing.dbc"),
+        "cpu_affinity": [0, 4096],
     }
     node = TimeseriesAnomalyNode(
         "ts_bad_params",
@@ -404,6 +422,7 @@ def test_invalid_parameter_values_are_named_together_at_configure(ros_node, tmp_
             "input_batch_s=0.5 must be <= 0.02",
             "clock_jump_back_s=nan must be finite",
             "missing.dbc' does not exist",
+            "cpu_affinity=[0, 4096]: CPU(s) [4096] not available to this process",
         ):
             assert expected in text, (expected, text)
         assert node.lifecycle_state == "unconfigured"
@@ -486,7 +505,10 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
     live = {round(end_s(s), 6): s for s in listener.scores}
     values = listener.values()
     assert int(values["dropped"]) == 0 and int(values["lost_in_transport"]) == 0
-    assert values["realtime"] == "off"
+    assert values["realtime"] == "off" and values["cpu_affinity"] == "off"
+    # Most windows were prepared ahead (signal features computed before the window closed), so the equality with
+    # the offline scores below, which prepare nothing, covers that path too.
+    assert int(values["windows_prepared_ahead"]) >= 0.5 * int(values["windows_published"]), values
     for key in ("processing_latency", "score_latency", "queue_wait", "scoring_time"):  # where latency goes
         assert 0 < float(values[f"{key}_p50_ms"]) <= float(values[f"{key}_p99_ms"]) < 5000, (key, values)
 

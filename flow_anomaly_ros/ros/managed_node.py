@@ -48,9 +48,12 @@ class Param:
     read_only: bool = False
 
     def coerce(self, value: Any) -> Any:
-        """An int given for a float parameter (``-p threshold:=1``) is that float; other types stay as given."""
+        """An int given for a float parameter (``-p threshold:=1``) is that float, and an empty list (``-p x:=[]``,
+        which rclpy reads as a parameter that is not set) is the empty list; other types stay as given."""
         if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if isinstance(self.default, (list, tuple)) and value is None:
+            return []
         return value
 
     def type_problem(self, value: Any) -> str | None:

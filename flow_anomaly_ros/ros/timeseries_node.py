@@ -28,7 +28,8 @@ Wiring, and why:
 - Latency is measured from the middleware's receive time of a message, so waiting to be taken counts.
   What keeps it down: configure warms the model up and freezes the loaded objects out of the garbage collector;
   input waits at a gate while a window is scored (the input thread would otherwise take the GIL each time
-  scoring releases it); ``thread_priority`` puts the process's threads under SCHED_FIFO.
+  scoring releases it); ``cpu_affinity`` pins the process's threads to CPUs where the window's code stays in cache,
+  ``thread_priority`` puts them under SCHED_FIFO (both in :mod:`flow_anomaly_ros.ros.scheduling`).
 
 Example::
 
@@ -41,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -58,6 +58,7 @@ from flow_anomaly_ros.ros.imu_conversion import imu_event, seconds_to_stamp
 from flow_anomaly_ros.ros.input_pump import InputPump, pump_available
 from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, Param, run_node
 from flow_anomaly_ros.ros.qos import QOS_NAMES, qos_from_name
+from flow_anomaly_ros.ros.scheduling import cpu_list_problem, pin_threads, set_realtime
 from flow_anomaly_ros.stats import LatencyWindow
 from flow_anomaly_ros.timeseries.pipeline import CONTRIBUTIONS
 
@@ -132,24 +133,13 @@ PARAMS: tuple[Param, ...] = (
         min=0,
         max=99,
     ),
+    Param(
+        "cpu_affinity",
+        [],
+        "CPUs to pin all the node process's threads to at activation, e.g. [3] (empty: any CPU); see scheduling.py",
+        check=cpu_list_problem,
+    ),
 )
-
-
-def _set_realtime(priority: int) -> str:
-    """Put every thread of this process (executor, scoring, DDS) under SCHED_FIFO ``priority``; says what happened.
-
-    Scoring takes about a millisecond per window, but on a loaded machine a normal-priority thread waits for a CPU
-    for whole scheduler slices (several ms), which is most of the latency tail. All threads, not only the scoring
-    one: they share the GIL, and a low-priority thread preempted while holding it would stall the others. Needs
-    CAP_SYS_NICE or an rtprio limit (``ulimit -r``); without them the node warns and runs with normal scheduling.
-    """
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-        for tid in tids:
-            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
-    except (OSError, AttributeError) as exc:  # PermissionError, no /proc, or not Linux
-        return f"refused ({type(exc).__name__}: {exc}); normal scheduling"
-    return f"SCHED_FIFO {priority} ({len(tids)} threads)"
 
 
 class ModelError(RuntimeError):
@@ -219,6 +209,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._stats_lock = threading.Lock()
         self.model_error: str | None = None
         self.realtime = "off"  # scheduling of the node's threads (thread_priority), named on /diagnostics
+        self.cpu_affinity = "off"  # where they run (cpu_affinity), named on /diagnostics
         self._reset_stats()
         super().__init__(node_name, **kwargs)
         self._frame_cls = None
@@ -370,8 +361,14 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         else:
             self._worker = threading.Thread(target=self._work, name="ts_scoring", daemon=True)
             self._worker.start()
+        if params["cpu_affinity"]:
+            self.cpu_affinity = pin_threads(params["cpu_affinity"])
+            if self.cpu_affinity.startswith("refused"):
+                self.get_logger().warn(f"cpu_affinity={list(params['cpu_affinity'])}: {self.cpu_affinity}")
+            else:
+                self.get_logger().info(f"threads pinned to {self.cpu_affinity}")
         if params["thread_priority"] > 0:
-            self.realtime = _set_realtime(params["thread_priority"])
+            self.realtime = set_realtime(params["thread_priority"])
             if self.realtime.startswith("refused"):
                 self.get_logger().warn(f"thread_priority={params['thread_priority']}: {self.realtime}")
             else:
@@ -583,7 +580,11 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
                         default=newest_of[source],  # this event's own input is never silent
                     )
                     next_end = featurizer.next_window_end
-                    if next_end is not None and horizon >= next_end:
+                    if next_end is not None and horizon < next_end:
+                        # Inputs are final up to the horizon: the next window's signal part can be computed now,
+                        # ahead of its end (exact; see WindowFeaturizer.prepare), not when it closes.
+                        featurizer.prepare(horizon)
+                    elif next_end is not None:
                         with self._scoring:
                             t_poll = time.perf_counter()
                             results = scorer.poll(horizon)
@@ -708,13 +709,19 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._last_rate_snapshot = (now, snapshot)
         return self._rates
 
-    def _signal_status(self, source_rates: dict[str, float], id_rates: dict[int, float]) -> tuple[dict, list[str]]:
-        """Per model signal: input rate (its IMU topic or CAN id) and whether it is stale in message time."""
+    def _signal_status(
+        self,
+        source_rates: dict[str, float],
+        id_rates: dict[int, float],
+        last_stamps: list[float | None],
+        newest_stamp: float,
+    ) -> tuple[dict, list[str]]:
+        """Per model signal: input rate (its IMU topic or CAN id) and whether it is stale in message time, from the
+        newest stamp of each signal and of all input."""
         config = self.scorer.config
-        featurizer = self.scorer.featurizer
         rates, stale = {}, []
         db = None
-        for spec, buf in zip(config.signals, featurizer.buffers):
+        for spec, last in zip(config.signals, last_stamps):
             if spec.is_imu:
                 rates[spec.name] = source_rates.get(spec.imu_source, 0.0)
             else:
@@ -723,18 +730,21 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
 
                     db = load_dbc(config.dbc)
                 rates[spec.name] = id_rates.get(db.get_message_by_name(spec.can_message).frame_id, 0.0)
-            last = buf.last_stamp
-            if math.isfinite(self._newest_stamp) and (last is None or self._newest_stamp - last > spec.staleness_s):
+            if math.isfinite(newest_stamp) and (last is None or newest_stamp - last > spec.staleness_s):
                 stale.append(spec.name)
         return rates, stale
 
     def health(self) -> Health:
+        # Copies under the locks, the work outside: scoring takes both locks for every window, and this runs on
+        # another thread (the executor's), so whatever it does while holding them adds to that window's latency.
         with self._stats_lock:
-            proc, score = self.proc_latency.summary_ms(), self.score_latency.summary_ms()
-            wait, poll = self.queue_wait.summary_ms(), self.poll_time.summary_ms()
+            latencies = [w.copy() for w in (self.proc_latency, self.score_latency, self.queue_wait, self.poll_time)]
+        proc, score, wait, poll = (w.summary_ms() for w in latencies)
         with self._core_lock:
             counters = dict(self.scorer.counters)
-            signal_rates, stale = self._signal_status(*self._input_rates())
+            last_stamps = [buf.last_stamp for buf in self.scorer.featurizer.signal_buffer]
+            newest_stamp = self._newest_stamp
+        signal_rates, stale = self._signal_status(*self._input_rates(), last_stamps, newest_stamp)
         last = self.last_result
         dropped = self._queue.dropped
         lost = sum(self.lost_in_transport.values())
@@ -761,7 +771,9 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             "queue_wait_p99_ms": wait["p99_ms"],
             "scoring_time_p50_ms": poll["p50_ms"],
             "scoring_time_p99_ms": poll["p99_ms"],
+            "windows_prepared_ahead": self.scorer.featurizer.prepared_windows,
             "realtime": self.realtime,
+            "cpu_affinity": self.cpu_affinity,
             "input_path": self.input_path,
         }
         values.update({f"received.{k}": n for k, n in sorted(self.received.items())})
