@@ -124,7 +124,7 @@ def start_publisher(name: str, replay: Path, *extra: str):
 
 
 class Listener:
-    """Collects ``/<name>/score`` and the node's ``/diagnostics`` entries in this (test) process."""
+    """Collects ``/<name>/score``, ``/<name>/explanation`` and the node's ``/diagnostics`` entries in this process."""
 
     def __init__(self, ros_node, name: str) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
@@ -134,9 +134,13 @@ class Listener:
 
         self.name = name
         self.scores: list = []
+        self.explanations: list = []
         self.diagnostics: list = []
         ros_node.create_subscription(
             AnomalyScore, f"/{name}/score", self.scores.append, qos_from_name("reliable", 5000)
+        )
+        ros_node.create_subscription(
+            AnomalyScore, f"/{name}/explanation", self.explanations.append, qos_from_name("reliable", 5000)
         )
         ros_node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
 
@@ -512,20 +516,29 @@ def test_live_scores_equal_offline_faults_are_flagged_and_clean_driving_is_quiet
     for key in ("processing_latency", "score_latency", "queue_wait", "scoring_time"):  # where latency goes
         assert 0 < float(values[f"{key}_p50_ms"]) <= float(values[f"{key}_p99_ms"]) < 5000, (key, values)
 
-    # Live equals offline, window by window: same status, bit-identical float32 scores and contributions, and the
-    # core saw the same input (its counters of accepted, unknown, mismatched... frames agree).
+    # Live equals offline, window by window: same status, bit-identical float32 scores and contributions (scores on
+    # ~/score, each anomalous window's contributions right after on ~/explanation), and the core saw the same input
+    # (its counters of accepted, unknown, mismatched... frames agree).
     scorer = StreamingScorer.from_model_dir(ts_world.model_dir, contributions="anomalous")  # the node's default
     offline = score_recording(scorer, events)
     assert {k: int(values[f"core.{k}"]) for k in scorer.counters} == scorer.counters
     matched = [(r, live[round(r.end_s, 6)]) for r in offline if round(r.end_s, 6) in live]
     assert len(matched) >= 0.95 * len(offline), f"{len(matched)} of {len(offline)} offline windows published live"
+    explained = {round(end_s(e), 6): e for e in listener.explanations}
+    assert len(explained) == len(listener.explanations) == int(values["explanations_published"]) > 0
     for r, s in matched:
         assert s.status == r.status, (r.end_s, r.status_message, s.status_message)
+        assert len(s.feature_contributions) == len(s.feature_names) == 0  # the score goes out before its why
+        e = explained.get(round(r.end_s, 6))
         if r.status == STATUS["OK"]:
             assert s.score == np.float32(r.score) and s.is_anomaly == r.is_anomaly
-            assert list(s.feature_contributions) == [np.float32(c) for c in r.contributions]
-            n = len(scorer.feature_names) if s.is_anomaly else 0  # contributions say why a window was flagged
-            assert len(s.feature_contributions) == len(s.feature_names) == n
+            assert (e is not None) == s.is_anomaly  # contributions say why a window was flagged
+            if e is not None:
+                assert (e.score, e.status, e.is_anomaly, e.header) == (s.score, s.status, s.is_anomaly, s.header)
+                assert list(e.feature_contributions) == [np.float32(c) for c in r.contributions]
+                assert list(e.feature_names) == scorer.feature_names
+        else:
+            assert e is None
 
     # ~/score_value mirrors ~/score for plotting tools.
     n = min(len(values_seen), len(listener.scores))  # the node goes on publishing (stale) after the replay

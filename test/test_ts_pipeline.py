@@ -328,3 +328,37 @@ def test_windows_prepared_ahead_equal_windows_computed_at_their_end(small):
     assert {w.status for w in reference} >= {OK, INVALID_INPUT, STALE_INPUT}
     for a, b in zip(live, reference):
         assert (a.features is None and b.features is None) or a.features.tobytes() == b.features.tobytes()
+
+
+def test_explain_after_poll_gives_the_same_contributions_and_a_failure_keeps_the_scores(small):
+    """The node publishes a score first and explains it after (poll(explain=False), then explain): same numbers
+    as poll() explaining at once. An attribution that fails leaves valid scores without contributions, counted."""
+    events = small["test"].events
+    at_once = score_recording(StreamingScorer.from_model_dir(small["path"], contributions="anomalous"), events)
+    scorer = StreamingScorer.from_model_dir(small["path"], contributions="anomalous")
+    explained = []
+    poll = scorer.poll
+
+    def poll_then_explain(now_s, explain=True):  # what the node does: score, publish, then explain
+        results = poll(now_s, explain=False)
+        assert all(r.contributions == [] for r in results)
+        explained.extend(scorer.explain(results))
+        return results
+
+    scorer.poll = poll_then_explain
+    later = score_recording(scorer, events)
+    assert [r.end_s for r in later] == [r.end_s for r in at_once]
+    assert [r.score for r in later] == [r.score for r in at_once]
+    assert [r.contributions for r in later] == [r.contributions for r in at_once]
+    assert explained == [r for r in later if r.is_anomaly] and explained
+
+    broken = StreamingScorer.from_model_dir(small["path"], contributions="all")
+
+    def fail(z):
+        raise RuntimeError("attribution broke")
+
+    broken.model.detector.contributions = fail
+    results = score_recording(broken, events)
+    ok = [r for r in results if r.status == OK]
+    assert ok and all(np.isfinite(r.score) and r.contributions == [] for r in ok)
+    assert broken.counters["explain_errors"] == len(ok)

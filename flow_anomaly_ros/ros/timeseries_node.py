@@ -4,7 +4,8 @@ Subscribes to ``sensor_msgs/Imu`` topics and to ``can_msgs/msg/Frame`` on ``from
 every message, stamped with its header time, to the time-series core's
 :class:`flow_anomaly_ros.timeseries.pipeline.StreamingScorer` (the same class ``score_recording`` uses offline, so live
 and offline scores are identical), and publishes one ``flow_anomaly_ros/msg/AnomalyScore`` per window on ``~/score``
-(optionally the bare value on ``~/score_value``) plus health on ``/diagnostics``. The node owns no algorithm: DBC
+(optionally the bare value on ``~/score_value``), the per-feature contributions of anomalous windows right after on
+``~/explanation`` (a flag does not wait for its why), plus health on ``/diagnostics``. The node owns no algorithm: DBC
 decoding, resampling, windows, normalisation, staleness and scoring all live in the core.
 
 Wiring, and why:
@@ -83,8 +84,9 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "contributions",
         "anomalous",
-        "per-feature contributions in ~/score: for anomalous windows (the why of a flag), all windows, or none "
-        "(occlusion attribution: one batched model pass over d + 1 rows, ~4x the cost of the score)",
+        "which windows get per-feature contributions, published on ~/explanation right after their score on ~/score: "
+        "anomalous ones (the why of a flag), all, or none (occlusion attribution: one batched model pass over d + 1 "
+        "rows, ~4x the cost of the score)",
         choices=CONTRIBUTIONS,
     ),
     Param("imu_topics", ["imu/data"], "sensor_msgs/Imu topics, one per IMU source", check=_check_topics),
@@ -194,6 +196,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self.scorer = None
         self._score_pub = None
         self._value_pub = None
+        self._explanation_pub = None
         self._subs: list[Any] = []
         self._pump: InputPump | None = None
         self.input_path = "none"  # how input messages are taken (input_thread), named on /diagnostics
@@ -232,6 +235,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self.last_rejection = ""
         self.windows_by_status: Counter[str] = Counter()
         self.windows_published = 0
+        self.explanations_published = 0
         self.anomalies = 0
         self.resets = 0
         self.last_reset_reason = ""
@@ -284,6 +288,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         self._score_pub = self.create_lifecycle_publisher(AnomalyScore, "~/score", out_qos)
         if params["publish_score_value"]:
             self._value_pub = self.create_lifecycle_publisher(Float32, "~/score_value", out_qos)
+        if self.scorer.with_contributions:
+            self._explanation_pub = self.create_lifecycle_publisher(AnomalyScore, "~/explanation", out_qos)
         # Everything loaded so far (torch, rclpy, cantools, the model: ~250k objects) lives as long as the node. A full
         # collection scanning it takes ~300 ms on this machine, a pause the scoring thread would feel as latency;
         # frozen objects are skipped by the collector.
@@ -449,10 +455,10 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         super().destroy_node()
 
     def cleanup_core(self) -> None:
-        for pub in (self._score_pub, self._value_pub):
+        for pub in (self._score_pub, self._value_pub, self._explanation_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._score_pub = self._value_pub = None
+        self._score_pub = self._value_pub = self._explanation_pub = None
         self.scorer = None
 
     # ----- callbacks: convert and enqueue, nothing else -------------------------------------------------------------
@@ -587,10 +593,10 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
                     elif next_end is not None:
                         with self._scoring:
                             t_poll = time.perf_counter()
-                            results = scorer.poll(horizon)
+                            results = scorer.poll(horizon, explain=False)
                             if results:
                                 poll_times.append(time.perf_counter() - t_poll)
-                                self._publish(results, t_recv)
+                                self._publish_explanations(results, self._publish(results, t_recv))
         self._last_receipt_clock = self.get_clock().now().nanoseconds * 1e-9
         done = time.time()
         with self._stats_lock:
@@ -629,13 +635,16 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         t0 = time.time()
         horizon = self._newest_stamp + silent_s - self.params["max_input_wait_s"]
         with self._core_lock:
-            results = self.scorer.poll(horizon)
-        if results:
-            self._publish(results, t0, count_latency=False)
+            results = self.scorer.poll(horizon, explain=False)
+            if results:
+                self._publish_explanations(results, self._publish(results, t0, count_latency=False))
 
-    def _publish(self, results: list[Any], t_trigger: float, count_latency: bool = True) -> None:
+    def _publish(self, results: list[Any], t_trigger: float, count_latency: bool = True) -> list[AnomalyScore]:
+        """Publish the scores (latency: ``t_trigger`` -> published); returns their messages."""
+        messages = []
         for result in results:
             msg = self._to_message(result)
+            messages.append(msg)
             self._score_pub.publish(msg)
             if self._value_pub is not None:
                 self._value_pub.publish(Float32(data=float(msg.score)))
@@ -647,6 +656,24 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             latency = time.time() - t_trigger
             with self._stats_lock:
                 self.score_latency.add(latency)
+        return messages
+
+    def _publish_explanations(self, results: list[Any], messages: list[AnomalyScore]) -> None:
+        """After the scores are out: the contributions of the windows the ``contributions`` mode selects, each as
+        its score's message plus ``feature_names`` / ``feature_contributions`` on ``~/explanation``. A flag does
+        not wait for its explanation: attribution costs ~4x the score (one model pass over d + 1 rows), and on the
+        anomalous windows it was what set the p99 latency of the scores (measured, docs/timeseries_node.md)."""
+        if self._explanation_pub is None:
+            return
+        message_of = {id(r): m for r, m in zip(results, messages)}
+        for result in self.scorer.explain(results):
+            msg = message_of[id(result)]
+            if msg.status != STATUS_OK:  # turned INVALID_INPUT by a drop in its window: nothing to explain
+                continue
+            msg.feature_names = list(result.feature_names)
+            msg.feature_contributions = [float(c) for c in result.contributions]
+            self._explanation_pub.publish(msg)
+            self.explanations_published += 1
 
     def _to_message(self, result: Any) -> AnomalyScore:
         status, status_message = int(result.status), str(result.status_message)
@@ -677,9 +704,6 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         msg.is_anomaly = bool(result.is_anomaly) and status == STATUS_OK
         msg.status = status
         msg.status_message = status_message
-        if len(result.contributions):  # names only with contributions: 77 strings per message cost ~0.2 ms to send
-            msg.feature_names = list(result.feature_names)
-            msg.feature_contributions = [float(c) for c in result.contributions]
         return msg
 
     # ----- diagnostics -----------------------------------------------------------------------------------------------
@@ -753,6 +777,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             "threshold": float(self.scorer.threshold),
             "windows_published": self.windows_published,
             "anomalies": self.anomalies,
+            "explanations_published": self.explanations_published,
             "last_status": STATUS_NAMES.get(last.status, "?") if last is not None else "none yet",
             "last_score": float(last.score) if last is not None else float("nan"),
             "stale_signals": ",".join(stale),

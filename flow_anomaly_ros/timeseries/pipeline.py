@@ -68,6 +68,7 @@ class WindowResult:
     feature_names: list[str]
     contributions: list[float]
     data_quality_fault: bool = False
+    features: np.ndarray | None = field(default=None, repr=False)  # the window's features (OK windows), for explain
 
 
 @dataclass
@@ -597,24 +598,18 @@ class StreamingScorer:
         """See :meth:`WindowFeaturizer.prepare`: the next window's signal part, ahead of its end."""
         return self.featurizer.prepare(now_s)
 
-    def poll(self, now_s: float) -> list[WindowResult]:
+    def poll(self, now_s: float, explain: bool = True) -> list[WindowResult]:
+        """Score every window that ``now_s`` completes. ``explain=False`` leaves the contributions to a later
+        :meth:`explain` call on the same results (the node publishes a score before explaining it)."""
         windows = self.featurizer.poll(now_s)
         if not windows:
             return []
         ok = [i for i, w in enumerate(windows) if w.status == OK]
         scores = np.full(len(windows), np.nan)
-        contrib = [[] for _ in windows]
         error = ""
         if ok:
             try:
-                feats = np.stack([windows[i].features for i in ok])
-                scores[ok] = self.model.score_windows(feats)
-                explain = [j for j, i in enumerate(ok) if self.contributions == "all" or scores[i] > self.threshold]
-                if self.with_contributions and explain:
-                    z = self.model.normaliser.transform(feats[explain])
-                    c = self.model.detector.contributions(z)
-                    for row, j in zip(c, explain):
-                        contrib[ok[j]] = row.tolist()
+                scores[ok] = self.model.score_windows(np.stack([windows[i].features for i in ok]))
             except Exception as exc:  # a model failure must not take the node down; report it per window
                 error = f"scoring failed: {type(exc).__name__}: {exc}"
                 self.featurizer._count("model_errors", len(ok))
@@ -634,11 +629,32 @@ class StreamingScorer:
                     status=status,
                     status_message=message,
                     feature_names=self.feature_names,
-                    contributions=contrib[i] if status == OK else [],
+                    contributions=[],
                     data_quality_fault=w.data_quality_fault,
+                    features=w.features if status == OK else None,
                 )
             )
+        if explain:
+            self.explain(results)
         return results
+
+    def explain(self, results: list[WindowResult]) -> list[WindowResult]:
+        """Fill in the contributions of the results the ``contributions`` mode selects (all OK windows, or the
+        anomalous ones) and return those. One batched attribution for all of them, as ``poll`` does by default, so
+        the numbers are the same whichever way they were asked for. A failure leaves them without contributions,
+        counted as ``explain_errors`` (their scores stay valid)."""
+        chosen = [r for r in results if r.features is not None and (self.contributions == "all" or r.is_anomaly)]
+        if not self.with_contributions or not chosen:
+            return []
+        try:
+            z = self.model.normaliser.transform(np.stack([r.features for r in chosen]))
+            c = self.model.detector.contributions(z)
+        except Exception:  # attribution must not take the node down; the scores were valid without it
+            self.featurizer._count("explain_errors", len(chosen))
+            return []
+        for row, r in zip(c, chosen):
+            r.contributions = row.tolist()
+        return chosen
 
 
 # ------------------------------------------------------------------------------------------------------------
