@@ -14,9 +14,10 @@ that bus would be). Measured over the run:
 - baseline in the same run: the core alone (offline ``score_recording`` of the same events, CPU per message and
   wall time of a poll that scores a window), so the ratios show what the ROS shell costs on top of the core;
 - where the score latency goes, from the node's diagnostics: queue wait (receipt -> taken by the scoring thread)
-  and the node's own scoring time per window;
-- one run with ``thread_priority:=50`` (SCHED_FIFO for the node's threads, as on a vehicle computer). The machine's
-  load average is recorded: other jobs on the CPUs show up directly in the tail.
+  and the node's own scoring time per window when it closes, with how many windows were prepared ahead;
+- one run with ``cpu_affinity:=[N]`` (the node's threads pinned to the last CPU, the publisher, standing in for the
+  drivers, to the others: how a vehicle computer would run it), one with ``thread_priority:=50`` (SCHED_FIFO) and
+  one with both. The machine's load average is recorded: other jobs on the CPUs show up directly in the tail.
 
 Usage: python bench/bench_timeseries_node.py --out bench/results/timeseries_node.md [--quick]
 """
@@ -131,8 +132,8 @@ def core_paced(model_dir: Path, events: np.ndarray, contributions: str) -> tuple
     return float(np.percentile(poll_ms, 50)), float(np.percentile(poll_ms, 99))
 
 
-def run_node(model_dir: Path, replay: Path, node_params: dict[str, str], domain_env: dict) -> dict:
-    """Node + publisher processes; returns the measurements of one run."""
+def run_node(model_dir: Path, replay: Path, node_params: dict[str, str], domain_env: dict, pub_cpus=None) -> dict:
+    """Node + publisher processes (the publisher on ``pub_cpus`` if given); returns the measurements of one run."""
     import psutil
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -186,6 +187,7 @@ def run_node(model_dir: Path, replay: Path, node_params: dict[str, str], domain_
             [str(REPO / "test" / "ts_replay_publisher.py"), str(replay), "--imu-topics", "/bench/imu",
              "--can-topic", "/bench/can", "--speed", "1", "--stamp-now", "--linger", "0.5"],
             env=domain_env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, pub_cpus)) if pub_cpus else None,
         )  # fmt: skip
         spin_for(5.0, until=lambda: "received.imu" in values())  # publisher matched and sending
         cpu0, wall0 = proc.cpu_times(), time.monotonic()
@@ -222,6 +224,8 @@ def run_node(model_dir: Path, replay: Path, node_params: dict[str, str], domain_
         "scoring_p50": float(v.get("scoring_time_p50_ms", "nan")),
         "scoring_p99": float(v.get("scoring_time_p99_ms", "nan")),
         "realtime": v.get("realtime", "off"),
+        "cpu_affinity": v.get("cpu_affinity", "off"),
+        "prepared": int(v.get("windows_prepared_ahead", 0)),
         "e2e_p50": float(np.percentile(e2e, 50)) if len(e2e) else float("nan"),
         "e2e_p99": float(np.percentile(e2e, 99)) if len(e2e) else float("nan"),
         "cpu_pct": 100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (wall1 - wall0),
@@ -238,7 +242,12 @@ def main() -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update(env)
+    cpus = sorted(os.sched_getaffinity(0))
+    pin, others = cpus[-1], set(cpus[:-1])  # node on the last CPU, the publisher (the drivers) on the others
+    pinned = {"cpu_affinity": f"[{pin}]"}
     configs = [("defaults", {})]  # (label, node parameters)
+    if others:
+        configs += [(f"cpu_affinity:=[{pin}]", pinned)]
     if not args.quick:
         configs += [
             ("contributions:=all", {"contributions": "all"}),
@@ -246,6 +255,8 @@ def main() -> int:
             ("input_thread:=false", {"input_thread": "false"}),  # the rclpy executor takes the input (baseline)
             ("thread_priority:=50", {"thread_priority": "50"}),
         ]
+        if others:
+            configs += [(f"cpu_affinity:=[{pin}] thread_priority:=50", {**pinned, "thread_priority": "50"})]
     with tempfile.TemporaryDirectory(prefix="bench_ts_node_") as tmp:
         workdir = Path(tmp)
         print(f"building data and a tiny model ({duration:.0f} s of bus traffic)...", flush=True)
@@ -258,11 +269,14 @@ def main() -> int:
         for label, node_params in configs:
             core, core_p50, core_p99 = core_cost(model_dir, events, node_params.get("contributions", "anomalous"))
             print(f"node run, {label} ...", flush=True)
-            r = run_node(model_dir, replay, node_params, env)
+            r = run_node(model_dir, replay, node_params, env, others if "cpu_affinity" in node_params else None)
             if "thread_priority" in node_params and not r["realtime"].startswith("SCHED_FIFO"):
                 label += f" ({r['realtime']})"
+            if "cpu_affinity" in node_params and not r["cpu_affinity"].startswith("CPU"):
+                label += f" ({r['cpu_affinity']})"
             rows.append(
-                [label, f"{r['rate']:.0f}", f"{r['sent']}/{r['received']}", r["dropped"], r["lost"], r["windows"],
+                [label, f"{r['rate']:.0f}", f"{r['sent']}/{r['received']}", r["dropped"], r["lost"],
+                 f"{r['windows']} ({r['prepared']})",
                  r["proc_p50"], r["proc_p99"], r["score_p50"], r["score_p99"], r["wait_p50"], r["wait_p99"],
                  r["scoring_p50"], r["scoring_p99"], core_p50, core_p99, r["e2e_p50"], r["e2e_p99"]]
             )  # fmt: skip
@@ -271,7 +285,7 @@ def main() -> int:
         paced_p50, paced_p99 = core_paced(model_dir, events, "anomalous")
         hot_p50, hot_p99 = rows[0][14], rows[0][15]
     load_after = os.getloadavg()
-    headers = ["node parameters", "msg/s", "sent/received", "dropped", "lost in DDS", "windows",
+    headers = ["node parameters", "msg/s", "sent/received", "dropped", "lost in DDS", "windows (prepared ahead)",
                "proc p50 ms", "proc p99 ms", "score p50 ms", "score p99 ms", "queue wait p50 ms", "queue wait p99 ms",
                "node scoring p50 ms", "node scoring p99 ms", "core-only scoring p50 ms", "core-only scoring p99 ms",
                "e2e p50 ms", "e2e p99 ms"]  # fmt: skip
@@ -284,21 +298,28 @@ def main() -> int:
         + markdown_table(headers, rows)
         + "\nproc = receipt -> message processed (every message); score = receipt of the message that closed a window "
         "-> score published; queue wait = receipt -> taken by the scoring thread (every message); node scoring = "
-        "wall time of the core's poll that scored a window inside the node (features + model + contributions) "
+        "wall time of the core's poll that scored a window inside the node, when the window closes (features + model; "
+        "for a window prepared ahead, i.e. whose signal features the node computed once its inputs were final, one "
+        "tick before its end, only the rest: CAN timing, rejected-input check, model; the contributions of an "
+        "anomalous window are computed after its score is published and go to ~/explanation) "
         "(all four from the node's own /diagnostics, receipt = the middleware's receive time); core-only scoring = "
-        "the same polls on the same events offline in this process, one thread (baseline, same run); e2e = window end "
-        "(= publish time of the data) -> score received by another process. Target: no drops, score p99 <= 5 ms. "
-        "thread_priority:=50 runs the node's threads under SCHED_FIFO (how a vehicle computer would run it).\n\n"
+        "the whole polls on the same events offline in this process, one thread, nothing prepared, contributions "
+        "included (baseline, same run); e2e = window end (= publish time of the data) -> score received by another "
+        "process. Target: no drops, "
+        f"score p99 <= 5 ms. cpu_affinity:=[{pin}] pins all the node's threads to CPU {pin} and runs the publisher on "
+        "the other CPUs; thread_priority:=50 runs the node's threads under SCHED_FIFO (how a vehicle computer would "
+        "run it).\n\n"
         "CPU (psutil, % of one core) against the core alone in the same run:\n\n"
         + markdown_table(cpu_headers, cpu_rows)
         + "\nThe core alone (defaults), one thread, no ROS: the same polls back to back, and fed in real time "
-        "(sleeping until each message's stamp, as the node waits for input), against the node's scoring time:\n\n"
+        "(sleeping until each message's stamp, as the node waits for input), against the node's scoring time at "
+        "window close:\n\n"
         + markdown_table(
             ["poll that scores a window", "p50 ms", "p99 ms"],
             [
                 ["core alone, back to back", hot_p50, hot_p99],
                 ["core alone, in real time", paced_p50, paced_p99],
-                ["node (defaults)", rows[0][12], rows[0][13]],
+                *[[f"node ({row[0]})", row[12], row[13]] for row in rows[: 2 if others else 1]],
             ],
         )
     )

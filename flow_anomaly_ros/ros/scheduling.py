@@ -4,11 +4,12 @@ Both apply to every thread of the process (executor, input, scoring and the midd
 they share the GIL: a thread left behind on another CPU or at normal priority stalls the others while it holds it.
 Threads started later inherit the setting from the thread that starts them.
 
-Why pinning matters (measured, bench/results/timeseries_node.md): the window's work is ~1 ms when its code and data
-are in the CPU's caches and several times that when they are not. A thread the kernel moves between CPUs finds
-them cold on the other one; pinned, the node's p99 score latency at ~1,000 messages/s on this 2-vCPU machine went
-from 7-11 ms to 4-5 ms. On a vehicle computer the same setting puts the node on an isolated core (``isolcpus``,
-``cset``) next to ``thread_priority``.
+Why (measured, bench/results/timeseries_node.md and docs/timeseries_node.md): the window's work is ~1 ms when its
+code and data are in the CPU's caches and several times that when they are not, and a thread the kernel moves
+between CPUs finds them cold on the other one; a normal-priority thread that becomes runnable on a busy CPU also
+waits for whole scheduler slices. On this 2-vCPU VM, at ~1,000 messages/s, the p99 score latency was 2.8-4.9 ms in
+every run with SCHED_FIFO (with or without pinning), and 3.0-9.2 ms without it. On a vehicle computer: the node on
+a core of its own (``isolcpus``, a cpuset) with both settings.
 """
 
 from __future__ import annotations
