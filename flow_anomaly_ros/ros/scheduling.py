@@ -8,8 +8,8 @@ Why (measured, bench/results/timeseries_node.md and docs/timeseries_node.md): th
 code and data are in the CPU's caches and several times that when they are not, and a thread the kernel moves
 between CPUs finds them cold on the other one; a normal-priority thread that becomes runnable on a busy CPU also
 waits for whole scheduler slices. On this 2-vCPU VM, at ~1,000 messages/s, the p99 score latency was 2.8-4.9 ms in
-every run with SCHED_FIFO (with or without pinning), and 3.0-9.2 ms without it. On a vehicle computer: the node on
-a core of its own (``isolcpus``, a cpuset) with both settings.
+all five runs with both settings, and 3.0-9.2 ms from run to run with either alone or neither. On a vehicle
+computer: the node on a core of its own (``isolcpus``, a cpuset) with both settings.
 """
 
 from __future__ import annotations
