@@ -665,10 +665,9 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         anomalous windows it was what set the p99 latency of the scores (measured, docs/timeseries_node.md)."""
         if self._explanation_pub is None:
             return
-        message_of = {id(r): m for r, m in zip(results, messages)}
-        for result in self.scorer.explain(results):
-            msg = message_of[id(result)]
-            if msg.status != STATUS_OK:  # turned INVALID_INPUT by a drop in its window: nothing to explain
+        self.scorer.explain(results)
+        for result, msg in zip(results, messages):
+            if not result.contributions or msg.status != STATUS_OK:  # not selected, or INVALID_INPUT by a drop
                 continue
             msg.feature_names = list(result.feature_names)
             msg.feature_contributions = [float(c) for c in result.contributions]

@@ -63,17 +63,20 @@ class FeatureLayout:
         """The input each feature comes from (signal, consistency check or CAN message), for attribution."""
         return [n.rsplit(":", 1)[0] for n in self.names]
 
-    def compute(self, values: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float) -> np.ndarray:
-        """Feature vector of the window ``[start_s, end_s)``. ``values``: (n_signals, n_ticks) in SI units, finite."""
+    def assemble(
+        self, signal_features: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float
+    ) -> np.ndarray:
+        """Feature vector of the window ``[start_s, end_s)`` from its :meth:`signal_features` (computed now or ahead
+        of the window's end) and its CAN timing."""
         out = np.empty(self.dim, dtype=np.float64)
-        out[: self.signal_dim] = self.signal_features(values)
-        self.fill_timing_features(out, timing, start_s, end_s)
+        out[: self.signal_dim] = signal_features
+        self._fill_timing_features(out, timing, start_s, end_s)
         return out
 
     def signal_features(self, values: np.ndarray) -> np.ndarray:
         """The first ``signal_dim`` features: per-signal statistics and consistency residuals of the resampled
-        values. They depend on the values at the window's ticks only, so they can be computed as soon as those are
-        final, before the window's end (see ``WindowFeaturizer.prepare``)."""
+        ``values`` ((n_signals, n_ticks) in SI units, finite). They depend on the values at the window's ticks only,
+        so they can be computed as soon as those are final, before the window's end (``WindowFeaturizer.prepare``)."""
         cfg = self.config
         dt = 1.0 / cfg.rate_hz
         out = np.empty(self.signal_dim, dtype=np.float64)
@@ -102,7 +105,7 @@ class FeatureLayout:
             out[k + 1 : k + 2 * n_c : 2] = np.sqrt(np.add.reduce(residuals * residuals, axis=1) / n)
         return out
 
-    def fill_timing_features(self, out: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float) -> None:
+    def _fill_timing_features(self, out: np.ndarray, timing: CanTiming | None, start_s: float, end_s: float) -> None:
         """The CAN timing features (after ``signal_dim``) of the window ``[start_s, end_s)`` into ``out``."""
         cfg = self.config
         k = self.signal_dim

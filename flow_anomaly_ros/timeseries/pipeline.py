@@ -116,7 +116,6 @@ class WindowFeaturizer:
         # One buffer per stream, not per signal: the window's hold-last search and staleness check then run once
         # per IMU source and CAN message (7 here) instead of once per signal (16), on the node's latency path.
         self._streams: list[_Stream] = []
-        self.signal_buffer: list[SampleBuffer] = []  # per signal: the buffer of its stream (newest stamp)
 
         def stream(indices: list[int]) -> SampleBuffer:
             buf = SampleBuffer(width=len(indices))
@@ -158,7 +157,7 @@ class WindowFeaturizer:
         self.all_frames = SampleBuffer()
         self.invalid = SampleBuffer()  # value = index into INVALID_REASONS
         by_signal = {int(i): st.buffer for st in self._streams for i in st.columns}
-        self.signal_buffer = [by_signal[i] for i in range(len(signals))]
+        self.signal_buffer = [by_signal[i] for i in range(len(signals))]  # per signal: its stream's buffer
         self._buffers = (*(st.buffer for st in self._streams), *self.timing, self.unknown, self.errors)
         self._buffers += (self.all_frames, self.invalid)
         self.max_lookback = float(self.staleness.max()) + 1.0
@@ -205,6 +204,12 @@ class WindowFeaturizer:
             self._first_stamp = stamp_s
         return None
 
+    def _append_signals(self, buf: SampleBuffer, stamp_s: float, row: Any) -> None:
+        """Store a sample of a stream's signals; one at or before a prepared window's last tick discards that part."""
+        if stamp_s <= self._prepared_tick:
+            self._prepared_k = None
+        buf.append(stamp_s, row)
+
     def _mark_invalid(self, stamp_s: float, reason: str) -> None:
         if self.invalid.last_stamp is not None and stamp_s < self.invalid.last_stamp:
             return  # an out-of-order mark before an earlier one: the window holding it is flagged already or gone
@@ -243,9 +248,7 @@ class WindowFeaturizer:
             self._mark_invalid(stamp_s, "nan")
             return f"{what}: NaN/Inf in sample"
         buf, field_index, scale = stream
-        if stamp_s <= self._prepared_tick:
-            self._prepared_k = None
-        buf.append(stamp_s, values[field_index] * scale)
+        self._append_signals(buf, stamp_s, values[field_index] * scale)
         self._count(f"{what}_accepted")
         return None
 
@@ -306,9 +309,7 @@ class WindowFeaturizer:
                 self._mark_invalid(stamp_s, "undecodable")
                 return f"can {name}: non-finite {sig}"
         if entry.stream is not None:
-            if stamp_s <= self._prepared_tick:
-                self._prepared_k = None
-            entry.stream.append(stamp_s, row)
+            self._append_signals(entry.stream, stamp_s, row)
         self._count("can_accepted")
         return None
 
@@ -433,9 +434,7 @@ class WindowFeaturizer:
                 error_count=self.errors.count_in(start_s, end_s),
                 total_count=self.all_frames.count_in(start_s, end_s),
             )
-        features = np.empty(self.layout.dim)
-        features[: self.layout.signal_dim] = signal_features
-        self.layout.fill_timing_features(features, timing, start_s, end_s)
+        features = self.layout.assemble(signal_features, timing, start_s, end_s)
         return WindowFeatures(start_s, end_s, features, OK, "", False)
 
 
