@@ -3,6 +3,7 @@
 Subcommands (each ``--help`` lists its options):
 
 - ``init``: a model directory from a backbone and, optionally, a local checkpoint (never downloads).
+- ``train-base CONFIG``: the base network (inlier classes only, augmented, resumable); ``--ship DIR`` writes it fp16.
 - ``finetune CONFIG``: fine-tuning with pasted anomaly patches (YAML, see ``config/segmentation_finetune.yaml``);
   resumes automatically; multi-GPU with ``torchrun --nproc_per_node=N -m flow_anomaly_ros.cli seg finetune ...``.
 - ``export MODEL``: ``model.onnx`` (opset 17, dynamic N/H/W, spec in its metadata), optional torch parity check.
@@ -55,6 +56,24 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser(
+        "train-base",
+        help="train the base network (inlier classes only, augmented; resumable) and optionally ship it fp16",
+        description="Train the base segmentation network from a fine-tune config with no negatives "
+        "(config/segmentation_base.yaml: scale/crop/flip/colour augmentation, 19 inlier classes, the anomaly class "
+        "gets no examples). Re-running the same command resumes from the last checkpoint. At the end the mIoU on "
+        "held-out scenes is measured; --ship DIR writes the fp16 model directory that models/ holds.",
+    )
+    p.add_argument("config", type=Path, help="YAML config (see config/segmentation_base.yaml)")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--output-dir", type=Path, help="override output.dir")
+    p.add_argument(
+        "--ship", type=Path, metavar="DIR", help="write the fp16 shippable model (e.g. models/seg_base_mobilenet)"
+    )
+    p.add_argument("--measure-scenes", type=int, default=32, help="held-out scenes for the mIoU (default: 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_base)
 
     p = sub.add_parser("export", help="export MODEL to ONNX (opset 17, dynamic N/H/W)")
     p.add_argument("model", type=Path, help="segmentation model directory")
@@ -154,6 +173,35 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(result.model_dir), "steps": result.steps, "resumed_from": result.resumed_from,
                       "last_validation": last}, indent=2))  # fmt: skip
+    return 0
+
+
+def _cmd_train_base(args: argparse.Namespace) -> int:
+    from flow_anomaly_ros.segmentation.base_model import measure_miou, ship_base_model
+    from flow_anomaly_ros.segmentation.config import FinetuneConfig
+    from flow_anomaly_ros.segmentation.finetune import finetune
+
+    try:
+        cfg = FinetuneConfig.from_yaml(args.config)
+        if args.steps is not None:
+            cfg.train.steps = args.steps
+        if args.output_dir is not None:
+            cfg.output.dir = str(args.output_dir)
+        cfg.validate()
+    except ValueError as exc:
+        raise _user_error(str(exc)) from exc
+    if cfg.patches.per_image and cfg.patches.probability:
+        raise _user_error(f"{args.config}: a base network trains without negatives; set patches.per_image: 0 "
+                          "(use `seg finetune` to train with pasted anomaly patches)")  # fmt: skip
+    result = finetune(cfg, progress=not args.quiet)
+    v = cfg.validation
+    measured = measure_miou(result.model_dir, args.measure_scenes, tuple(v.size), v.seed)
+    report: dict[str, Any] = {"model": str(result.model_dir), "steps": result.steps, "measured": measured}
+    if args.ship:
+        training = {"config": cfg.to_dict(), "config_file": str(args.config), "steps": result.steps,
+                    "data_seed": cfg.data.seed, "history": result.history}  # fmt: skip
+        report["shipped"] = str(ship_base_model(result.model_dir, args.ship, training, measured))
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -36,6 +36,10 @@ class DataConfig:
     num_scenes: int = 2000  # size of the procedural training set
     hflip: bool = True
     seed: int = 0
+    # augmentation (street scenes: each sample is drawn at scale x ``scene_size`` and cropped; any source: colour)
+    scene_size: list[int] | None = None  # (H, W) scenes are generated at before scaling; None = crop size
+    scale: list[float] | None = None  # [min, max] random scale of the scene (or image) before cropping
+    color_jitter: float = 0.0  # strength s: brightness/contrast/saturation factors in [1-s, 1+s], hue/gamma shift
 
 
 @dataclass
@@ -155,6 +159,11 @@ class FinetuneConfig:
             (d.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}"),
             (d.source != "cityscapes" or bool(d.root), "data.root is required for data.source: cityscapes"),
             (len(d.crop) == 2 and min(d.crop) >= 32, "data.crop must be [H, W] with both >= 32"),
+            (d.scene_size is None or (len(d.scene_size) == 2 and min(d.scene_size) >= 32),
+             "data.scene_size must be [H, W] with both >= 32"),
+            (d.scale is None or (len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1]),
+             "data.scale must be [min, max] with 0 < min <= max"),
+            (0.0 <= d.color_jitter < 1.0, "data.color_jitter must be in [0, 1)"),
             (p.source in PATCH_SOURCES, f"patches.source must be one of {PATCH_SOURCES}"),
             (p.source not in ("npz", "maf") or bool(p.path), f"patches.path is required for {p.source!r}"),
             (0.0 <= p.probability <= 1.0, "patches.probability must be in [0, 1]"),

@@ -42,6 +42,7 @@ from torch import nn
 from flow_anomaly_ros.model_store import ModelFileError, atomic_write_json, load_model_dir, save_model_dir
 from flow_anomaly_ros.runtime.preprocess import preprocess
 from flow_anomaly_ros.segmentation import ddp
+from flow_anomaly_ros.segmentation.augment import color_jitter, random_crop, scale_pair
 from flow_anomaly_ros.segmentation.config import FinetuneConfig
 from flow_anomaly_ros.segmentation.losses import AnomalySegmentationLoss
 from flow_anomaly_ros.segmentation.model import AnomalyDeepLabV3, build_model, save_segmentation_model
@@ -63,11 +64,16 @@ class FinetuneResult:
 
 # --- data ---------------------------------------------------------------------------------------------------------
 class TrainingImages:
-    """Inlier (image, trainId label) crops; ``batch(rng, n)`` draws a random batch."""
+    """Inlier (image, trainId label) crops; ``batch(rng, n)`` draws a random, augmented batch.
+
+    Street scenes are generated per sample at ``data.scene_size`` times a random ``data.scale`` factor (the
+    generator draws at any size, so the scale changes resolution and texture the way a zoom would), then cropped;
+    other sources are rescaled. Flip and colour jitter follow (:mod:`flow_anomaly_ros.segmentation.augment`).
+    """
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
-        h, w = cfg.data.crop
+        h, w = cfg.data.scene_size or cfg.data.crop
         if cfg.data.source == "street_scenes":
             from flow_anomaly_ros.data.street_scenes import StreetSceneDataset
 
@@ -77,37 +83,30 @@ class TrainingImages:
 
             self.dataset = CityscapesDataset(cfg.data.root, split=cfg.data.split)
 
-    def _item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _item(self, index: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        if scale != 1.0 and self.cfg.data.source == "street_scenes":
+            from flow_anomaly_ros.data.street_scenes import generate_scene, scene_seed
+
+            ds = self.dataset
+            scene = generate_scene(round(ds.height * scale), round(ds.width * scale), scene_seed(ds.seed, index))
+            return scene.image, scene.label
         item = self.dataset[index]
-        return (item.image, item.label) if hasattr(item, "image") else item
+        image, label = (item.image, item.label) if hasattr(item, "image") else item
+        return scale_pair(image, label, scale) if scale != 1.0 else (image, label)
 
     def batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.cfg.data.crop
+        d = self.cfg.data
+        h, w = d.crop
         images = np.empty((n, h, w, 3), np.uint8)
         labels = np.empty((n, h, w), np.uint8)
         for i in range(n):
-            image, label = self._item(int(rng.integers(len(self.dataset))))
-            image, label = random_crop(image, label, (h, w), rng)
-            if self.cfg.data.hflip and rng.random() < 0.5:
+            index = int(rng.integers(len(self.dataset)))
+            scale = float(rng.uniform(d.scale[0], d.scale[1])) if d.scale else 1.0
+            image, label = random_crop(*self._item(index, scale), (h, w), rng)
+            if d.hflip and rng.random() < 0.5:
                 image, label = image[:, ::-1], label[:, ::-1]
-            images[i], labels[i] = image, label
+            images[i], labels[i] = color_jitter(image, d.color_jitter, rng), label
         return images, labels
-
-
-def random_crop(
-    image: np.ndarray, label: np.ndarray, size: tuple[int, int], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random crop to ``size``; smaller images are padded (image black, label ignore)."""
-    h, w = size
-    ih, iw = label.shape
-    if ih < h or iw < w:
-        ph, pw = max(0, h - ih), max(0, w - iw)
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
-        label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)
-        ih, iw = label.shape
-    y = int(rng.integers(0, ih - h + 1))
-    x = int(rng.integers(0, iw - w + 1))
-    return image[y : y + h, x : x + w], label[y : y + h, x : x + w]
 
 
 def validation_set(cfg: FinetuneConfig) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
