@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from flow_anomaly_ros.synthesis.effect import ArmResult, EffectConfig, run_effect, verdict
@@ -65,3 +66,35 @@ def test_verdict_needs_every_criterion():
     v = verdict(worse_miou)
     assert not v["all"] and not v["miou_within_2_points"] and v["ap_beats_noise"]
     assert not verdict([*good[:2], arm("maf", 0.15, 0.7, 0.5)])["ap_beats_noise"]
+
+
+def test_test_scenes_hold_every_kind_including_the_held_out_ones(tmp_path):
+    from flow_anomaly_ros.data.street_scenes import ALL_ANOMALY_KINDS, ANOMALY_KINDS, HELD_OUT_KINDS
+    from flow_anomaly_ros.synthesis.effect import test_scenes
+
+    scenes = test_scenes(_cfg(tmp_path, test_scenes=len(ALL_ANOMALY_KINDS), size=(128, 256)))
+    assert [s[3] for s in scenes] == list(ALL_ANOMALY_KINDS)
+    assert all(s[2].any() for s in scenes)  # every scene shows its object
+    assert len(HELD_OUT_KINDS) >= 3 and not set(HELD_OUT_KINDS) & set(ANOMALY_KINDS)
+    val = test_scenes(_cfg(tmp_path, test_scenes=len(ALL_ANOMALY_KINDS), eval_on="validation"))
+    assert not {s[3] for s in val} & set(HELD_OUT_KINDS)  # validation never sees the held-out kinds
+
+
+def test_the_low_contrast_kind_is_close_to_the_road_colour():
+    from flow_anomaly_ros.data.street_scenes import ROAD, generate_scene
+
+    scene = generate_scene(128, 256, seed=3, num_anomalies=2, anomaly_kinds=("rock",))
+    road = scene.image[scene.label == ROAD].astype(float).mean(0)
+    rock = scene.image[scene.anomaly_mask].astype(float).mean(0)
+    assert np.abs(rock - road).max() < 25, (rock, road)
+
+
+def test_seeds_give_mean_and_spread_and_per_kind_ap(tmp_path):
+    report = run_effect(_cfg(tmp_path, num_seeds=2, arms=("no_negatives", "maf"), test_scenes=2), log=lambda s: None)
+    assert sorted({a["seed"] for a in report["arms"]}) == [0, 1]
+    rows = {(r["arm"], r["method"]): r for r in report["summary"]}
+    assert {("no_negatives", "max_softmax"), ("no_negatives", "max_logit"), ("no_negatives", "energy"),
+            ("maf", "densehybrid"), ("maf", "anomaly_prob")} <= set(rows)  # fmt: skip
+    row = rows[("maf", "anomaly_prob")]
+    assert row["ap"]["n"] == 2 and row["ap"]["std"] >= 0.0 and row["per_kind_ap"]
+    assert "±" in (tmp_path / "effect.md").read_text()

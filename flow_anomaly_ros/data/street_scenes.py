@@ -36,6 +36,11 @@ ROAD, SIDEWALK, BUILDING, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PE
     0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 13,
 )  # fmt: skip
 ANOMALY_KINDS: tuple[str, ...] = ("crate", "cone", "animal", "debris", "ball")
+# Kinds that only the effect experiment's *test* scenes hold (never training, validation or the demo bag), so that
+# the table measures generalisation to objects nobody tuned for. "rock" is the low-contrast one: a grey boulder
+# within a few levels of the road's own grey.
+HELD_OUT_KINDS: tuple[str, ...] = ("tire", "barrel", "rock")
+ALL_ANOMALY_KINDS: tuple[str, ...] = ANOMALY_KINDS + HELD_OUT_KINDS
 MIN_SIZE = 32
 
 _CAR_COLORS = ((170, 20, 25), (25, 45, 120), (215, 215, 220), (25, 25, 28), (140, 142, 148), (60, 90, 60))
@@ -87,6 +92,11 @@ class _Canvas:
 
 def _jitter(rng: np.random.Generator, color: Sequence[int], amount: int = 15) -> tuple[int, ...]:
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in color)
+
+
+def _ellipse_points(cx: float, cy: float, rx: float, ry: float, n: int = 16) -> list[tuple[float, float]]:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return [(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in t]
 
 
 class _Scene:
@@ -148,7 +158,8 @@ class _Scene:
         c.polygon([(self.vx, hz), (self.road_left - self.walk, h), (self.road_left, h)], walk_color, SIDEWALK)
         c.polygon([(self.vx, hz), (self.road_right, h), (self.road_right + self.walk, h)], walk_color, SIDEWALK)
         grey = int(rng.integers(80, 115))
-        c.polygon([(self.vx, hz), (self.road_left, h), (self.road_right, h)], (grey, grey, grey + 5), ROAD)
+        self.road_grey = (grey, grey, grey + 5)
+        c.polygon([(self.vx, hz), (self.road_left, h), (self.road_right, h)], self.road_grey, ROAD)
         # dashed centre line and solid edge lines (paint on the road: still labelled road, as in Cityscapes)
         paint = (235, 235, 225)
         side = rng.uniform(0.45, 0.55)
@@ -250,8 +261,24 @@ class _Scene:
             col = [(230, 30, 200), (30, 220, 230), (250, 240, 30)][rng.integers(3)]
             c.ellipse(x - size / 2, y - size, x + size / 2, y, col, a)
             c.paint(x - size / 2, y - size * 0.55, x + size / 2, y - size * 0.45, (255, 255, 255))
+        elif kind == "tire":  # a lost tyre lying flat: dark rubber ring around a road-coloured hole
+            c.ellipse(x - size * 0.6, y - size * 0.45, x + size * 0.6, y, _jitter(rng, (28, 28, 30), 6), a)
+            c.paint_polygon(_ellipse_points(x, y - size * 0.225, size * 0.28, size * 0.1), self.road_grey)
+        elif kind == "barrel":  # an oil drum standing upright, with two rims
+            col = [(30, 70, 160), (150, 40, 30), (40, 110, 50)][rng.integers(3)]
+            c.rect(x - size * 0.3, y - size * 0.9, x + size * 0.3, y, _jitter(rng, col, 12), a)
+            for yy in (0.3, 0.6):
+                c.paint(x - size * 0.3, y - size * yy - 1, x + size * 0.3, y - size * yy + 1, (200, 200, 200))
+        elif kind == "rock":  # low contrast: within a few grey levels of the road under it
+            g = self.road_grey
+            shade = tuple(int(np.clip(v + rng.integers(-14, 15), 0, 255)) for v in g)
+            n = int(rng.integers(6, 10))
+            ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+            rad = size * rng.uniform(0.35, 0.55, n)
+            pts = [(x + r * np.cos(t), y - size * 0.3 + 0.55 * r * np.sin(t)) for r, t in zip(rad, ang)]
+            c.polygon(pts, shade, a)
         else:
-            raise ValueError(f"unknown anomaly kind {kind!r}; choose from {ANOMALY_KINDS}")
+            raise ValueError(f"unknown anomaly kind {kind!r}; choose from {ALL_ANOMALY_KINDS}")
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         image = np.asarray(self.c.img, dtype=np.int16)
@@ -284,9 +311,9 @@ def generate_scene(
         raise ValueError(f"scene size must be at least {MIN_SIZE}x{MIN_SIZE}, got {height}x{width}")
     if num_anomalies < 0:
         raise ValueError(f"num_anomalies must be >= 0, got {num_anomalies}")
-    bad = [k for k in anomaly_kinds if k not in ANOMALY_KINDS]
+    bad = [k for k in anomaly_kinds if k not in ALL_ANOMALY_KINDS]
     if bad or (num_anomalies and not anomaly_kinds):
-        raise ValueError(f"anomaly_kinds must be a non-empty subset of {ANOMALY_KINDS}, got {list(anomaly_kinds)}")
+        raise ValueError(f"anomaly_kinds must be a non-empty subset of {ALL_ANOMALY_KINDS}, got {list(anomaly_kinds)}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     # anomalies draw from their own stream, so a scene with anomalies is its normal twin plus the objects
     anomaly_rng = np.random.default_rng(int(rng.integers(2**62)))

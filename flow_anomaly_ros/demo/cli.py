@@ -18,6 +18,7 @@ def _config(args: argparse.Namespace) -> DemoConfig:
         storage=getattr(args, "storage", None),
         replay_rate=getattr(args, "rate", None),
         seg_train_steps=getattr(args, "seg_steps", None),
+        seg_base="scratch" if getattr(args, "seg_from_scratch", False) else getattr(args, "seg_base", None),
     )
     if cfg.bag_duration_s <= 0 or cfg.camera_hz <= 0:
         raise UserError("--duration and --camera-hz must be > 0")
@@ -47,6 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cache=Path(args.cache_dir) if args.cache_dir else None,
         no_cache=args.no_cache,
         live=not args.offline_only,
+        install_models=not args.no_install_models,
     )
     return 0
 
@@ -82,9 +84,26 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     _common(run)
     run.add_argument("--rate", type=float, default=None, help="replay speed factor (default 1.0; --quick 2.0)")
-    run.add_argument("--seg-steps", type=int, default=None, help="segmentation fine-tuning steps (default 200)")
+    run.add_argument("--seg-steps", type=int, default=None, help="segmentation fine-tuning steps (default 300)")
+    run.add_argument(
+        "--seg-base",
+        default=None,
+        metavar="DIR",
+        help="segmentation model to fine-tune from (default: the shipped models/seg_base_mobilenet)",
+    )
+    run.add_argument(
+        "--seg-from-scratch",
+        action="store_true",
+        help="train a small base from random weights first instead of using the shipped one",
+    )
     run.add_argument("--report-dir", default="demo/report", help="where index.html and the PNGs go")
     run.add_argument("--cache-dir", default=None, help=f"cache directory (default ${CACHE_ENV} or ~/.cache/...)")
     run.add_argument("--no-cache", action="store_true", help="rebuild the bag and retrain every model")
     run.add_argument("--offline-only", action="store_true", help="skip the live DDS run")
+    run.add_argument(
+        "--no-install-models",
+        action="store_true",
+        help="do not copy the trained models to models/seg_mobilenet and models/ts_realnvp (the "
+        "defaults of config/*.yaml, so launch files and `flow-anomaly up` find them)",
+    )
     run.set_defaults(func=_cmd_run)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "FLOW_ANOMALY_CACHE"
-CACHE_FORMAT = 1  # bump when a cached artefact's layout changes
+CACHE_FORMAT = 2  # bump when a cached artefact's layout changes
 TS_CONFIG = Path(__file__).resolve().parents[2] / "config" / "timeseries_model.yaml"  # data split, detector params
 
 # Topics of the demo bag (the nodes' default input names, resolved in the root namespace).
@@ -52,14 +52,17 @@ class DemoConfig:
     ts_quick: bool = False
     # camera: procedural street scenes (generated), modest size and rate so the bag and the replay stay small
     camera_hz: float = 2.0
-    camera_height: int = 128
-    camera_width: int = 256
+    camera_height: int = 256
+    camera_width: int = 512
     camera_anomaly_fraction: float = 0.4
-    # segmentation model: mobilenet DeepLabV3, fine-tuned on generated scenes with pasted anomaly patches
+    # segmentation model: the shipped mobilenet DeepLabV3 base (models/seg_base_mobilenet), fine-tuned with MAF
+    # negatives pasted into generated scenes (the effect experiment's `maf` arm), threshold calibrated on clean frames
     seg_backbone: str = "mobilenet_v3_large"
-    seg_train_steps: int = 200
-    seg_train_size: tuple[int, int] = (96, 192)  # crops; the network is fully convolutional and runs at 128x256
+    seg_base: str = "shipped"  # shipped | scratch (train a small base first, as before the shipped one) | model dir
+    seg_train_steps: int = 300
+    seg_train_size: tuple[int, int] = (192, 384)  # crops; the network is fully convolutional and runs at 256x512
     seg_batch_size: int = 4
+    seg_quick: bool = False  # tiny MAF and pool (CI)
     # replay
     replay_rate: float = 1.0
     storage: str = "mcap"
@@ -74,11 +77,10 @@ class DemoConfig:
             ts_calibrate_split=(0.55, 0.60),
             ts_quick=True,
             camera_hz=2.0,
-            camera_height=64,
-            camera_width=128,
             seg_train_steps=8,
-            seg_train_size=(64, 128),
+            seg_train_size=(128, 256),
             seg_batch_size=2,
+            seg_quick=True,
             replay_rate=2.0,
         )
 
@@ -115,8 +117,29 @@ class DemoConfig:
 
     def seg_model_key(self) -> str:
         return _hash(
-            "seg", self.seed, self.seg_backbone, self.seg_train_steps, self.seg_train_size, self.seg_batch_size
+            "seg-maf",
+            self.seed,
+            self.seg_backbone,
+            self.seg_base_identity(),
+            self.seg_train_steps,
+            self.seg_train_size,
+            self.seg_batch_size,
+            self.seg_quick,
+            self.camera_height,
+            self.camera_width,
         )
+
+    def seg_base_identity(self) -> str:
+        """The base model's weights checksum (a new shipped base retrains the cached camera model)."""
+        if self.seg_base == "scratch":
+            return "scratch"
+        from flow_anomaly_ros.segmentation.base_model import default_base_model
+
+        path = default_base_model() if self.seg_base == "shipped" else Path(self.seg_base)
+        try:
+            return str(json.loads((path / "manifest.json").read_text()).get("weights_sha256", ""))[:16]
+        except (OSError, ValueError):
+            return f"missing:{path}"
 
 
 def _file_digest(path: Path) -> str:

@@ -154,6 +154,35 @@ def ensure_models(cfg: DemoConfig, cache: Path, no_cache: bool = False, progress
     return DemoModels(ts_models=ts_models, seg_model=seg, deployed_detector=cfg.detector)
 
 
+DEFAULT_MODEL_DIRS = {"camera": "seg_mobilenet", "timeseries": "ts_realnvp"}  # config/*.yaml model_path / model_dir
+
+
+def install_default_models(models: Any, models_root: Path | None = None) -> dict[str, Path]:
+    """Copy the demo's deployed models to where the shipped node configs look (``models/seg_mobilenet``,
+    ``models/ts_realnvp``), so that ``ros2 launch ... replay.launch.py bag:=<demo bag>`` and ``flow-anomaly up`` find
+    working models without a path. Each copy is atomic (a temp dir renamed into place); returns where they went."""
+    from flow_anomaly_ros.segmentation.base_model import models_dir
+
+    root = models_root or models_dir()
+    sources = {"camera": models.seg_model, "timeseries": models.ts_models.get(models.deployed_detector)}
+    out: dict[str, Path] = {}
+    for role, src in sources.items():
+        if src is None or not Path(src).is_dir():
+            continue
+        dst = root / DEFAULT_MODEL_DIRS[role]
+        tmp = dst.with_name(dst.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        old = dst.with_name(dst.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.exists():
+            dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+        out[role] = dst
+    return out
+
+
 def models_for_bag(bag: Path, cache: Path | None = None) -> Any:
     """The cached models that belong to a demo bag (from the config stored in its ground truth)."""
     from flow_anomaly_ros.demo.cores import DemoModels
@@ -187,8 +216,12 @@ def run_demo(
     cache: Path | None = None,
     no_cache: bool = False,
     live: bool = True,
+    install_models: bool = False,
 ) -> Path:
-    """Run the whole demo and return the report's index.html."""
+    """Run the whole demo and return the report's index.html.
+
+    ``install_models`` copies the trained camera and RealNVP models to the node configs' default paths
+    (:func:`install_default_models`; ``make demo`` does, tests with their own cache do not)."""
     from tqdm import tqdm
 
     from flow_anomaly_ros.demo.evaluate import agreement, evaluate_live, evaluate_offline
@@ -205,6 +238,9 @@ def run_demo(
 
     p.stage("models (time series + segmentation)")
     models = ensure_models(cfg, cache, no_cache, p)
+    if install_models:
+        for role, where in install_default_models(models).items():
+            p.info(f"{role} model installed for the launch files' defaults -> {where}")
 
     p.stage("offline evaluation (the nodes' cores on the bag, no DDS)")
     n_frames = int(truth["message_counts"].get(truth["topics"]["camera"], 0))

@@ -2,10 +2,10 @@
 
 - Time series: the time-series core's training (what ``flow-anomaly ts train`` runs) on the clean early part of the
   KITTI drive, calibrated on the part after it; the demo bag holds later driving only (no overlap).
-- Segmentation: ``flow_anomaly_ros.segmentation.finetune`` (what ``flow-anomaly seg finetune`` runs) of a mobilenet
-  DeepLabV3 on generated street scenes with pasted random-texture anomaly patches, then ONNX export (the node runs
-  ONNX Runtime on CPU). No pretrained weights can be downloaded here, so the network starts from random
-  initialisation; with a local Cityscapes checkpoint (``model.weights``) the same job fine-tunes instead.
+- Segmentation: the effect experiment's ``maf`` arm (``flow_anomaly_ros.synthesis.effect``): the shipped base
+  ``models/seg_base_mobilenet`` fine-tuned with MAF low-likelihood negatives pasted into generated street scenes,
+  the threshold calibrated on clean frames, then ONNX export (the node runs ONNX Runtime on CPU).
+  ``--seg-from-scratch`` trains a small base from random weights first (what the demo did before a base shipped).
 
 Both write into the directory they are given (the pipeline renames it into the cache atomically) and keep their
 run directory next to the cache entry, so a killed training resumes from its last checkpoint.
@@ -15,48 +15,61 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from flow_anomaly_ros.demo.config import DemoConfig
 
-SEG_LR = 1e-3  # AdamW from random init (SGD 0.01 is the paper's fine-tuning of a pretrained net)
+CALIBRATION_SCENES = 24  # clean frames the camera threshold is calibrated on
+CALIBRATION_SEED = 30_000  # disjoint from training (0..), validation (10 000), effect test/validation and the bag
+MIN_REGION_AREA = 16  # the node's min_region_area in the demo (DemoModels)
+
+
+def segmentation_experiment(cfg: DemoConfig, run_dir: Path, progress: bool = False) -> Any:
+    """The effect experiment's settings for the demo's camera model (the ``maf`` arm at the demo's sizes)."""
+    from flow_anomaly_ros.synthesis.effect import EffectConfig
+
+    sizes: dict[str, Any] = dict(
+        size=(cfg.camera_height, cfg.camera_width),
+        crop=cfg.seg_train_size,
+        base=cfg.seg_base,
+        batch_size=cfg.seg_batch_size,
+        finetune_steps=cfg.seg_train_steps,
+        seed=cfg.seed,
+        num_seeds=1,
+        # one core: the time-series training runs on the other one at the same time (measured: two threads each
+        # on two cores are 4x slower than one each)
+        threads=1,
+        progress=progress,
+    )
+    if cfg.seg_quick:
+        return EffectConfig.quick(str(run_dir), **sizes)
+    return EffectConfig(out=str(run_dir), **sizes)
 
 
 def train_segmentation(cfg: DemoConfig, out: Path, progress: bool = True) -> Path:
-    """Fine-tune the demo's segmentation model into ``out`` (model directory with ``model.onnx``)."""
+    """Fine-tune the demo's camera model into ``out`` (model directory with ``model.onnx``).
+
+    The shipped base (``models/seg_base_mobilenet``) is fine-tuned with MAF low-likelihood patches pasted into
+    generated scenes, exactly as the effect experiment's ``maf`` arm; the anomaly threshold is then calibrated on
+    clean frames of the camera's size (:mod:`flow_anomaly_ros.segmentation.calibration`) and the model exported.
+    """
     from flow_anomaly_ros.runtime.export import export_onnx
-    from flow_anomaly_ros.segmentation.config import FinetuneConfig
-    from flow_anomaly_ros.segmentation.finetune import finetune
+    from flow_anomaly_ros.segmentation.calibration import calibrate_model, clean_scenes
+    from flow_anomaly_ros.synthesis.effect import resolve_base, train_arm
 
     run_dir = out.parent / (out.name.removesuffix(".partial") + ".run")
-    h, w = cfg.seg_train_size
-    ft = FinetuneConfig.from_dict(
-        {
-            "model": {"backbone": cfg.seg_backbone},
-            "data": {"source": "street_scenes", "crop": [h, w], "num_scenes": 400, "seed": cfg.seed},
-            "patches": {"source": "random_texture", "per_image": 1, "probability": 0.8},
-            "train": {
-                "steps": cfg.seg_train_steps,
-                "batch_size": cfg.seg_batch_size,
-                "optimizer": "adamw",
-                "lr": SEG_LR,
-                "weight_decay": 1e-4,
-                "freeze_bn": False,  # from random init BatchNorm must learn its statistics
-                "device": "cpu",
-                "seed": cfg.seed,
-                # one core: the time-series training runs on the other one at the same time (measured: two
-                # threads each on two cores are 4x slower than one each)
-                "threads": 1,
-            },
-            "validation": {"every": cfg.seg_train_steps, "num_images": 4, "size": [h, w]},
-            "output": {"dir": str(run_dir), "checkpoint_every": max(25, cfg.seg_train_steps // 6), "resume": True},
-        }
-    )
-    result = finetune(ft, progress=progress)
+    exp = segmentation_experiment(cfg, run_dir, progress)
+    log = print if progress else (lambda text: None)
+    base = resolve_base(exp, run_dir, log)
+    run, _ = train_arm(exp, "maf", cfg.seed, base, run_dir, log)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(result.model_dir, out)
-    export_onnx(out, sample_size=(h, w))
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoint is no longer needed
+    shutil.copytree(run / "model", out)
+    images = clean_scenes(CALIBRATION_SCENES, (cfg.camera_height, cfg.camera_width), CALIBRATION_SEED + cfg.seed)
+    calibration = calibrate_model(out, images, "anomaly_prob", min_region_area=MIN_REGION_AREA)
+    log(f"camera threshold calibrated on clean frames: {calibration.as_dict()}")
+    export_onnx(out, sample_size=tuple(cfg.seg_train_size))
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints are no longer needed
     return out
 
 
