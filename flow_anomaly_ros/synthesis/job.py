@@ -347,13 +347,17 @@ class SynthesisJob:
                 "frames without labels need base_model (a segmentation model directory) for pseudo-labels; "
                 "set base_model, or use labelled frames (Cityscapes layout or source=scenes)"
             )
+        from flow_anomaly_ros.runtime.preprocess import resize_map
         from flow_anomaly_ros.runtime.torch_backend import TorchBackend
 
         backend = TorchBackend.from_path(self.config.base_model)
         k = backend.spec.num_inlier_classes
 
         def label(image: np.ndarray) -> np.ndarray:
-            return backend.infer(image)[0, :k].argmax(0).astype(np.uint8)
+            # arg-max over the inlier classes at the network size, brought to the frame's size (the base model may
+            # have an input_size): labels must match the frames they label
+            logits = backend.infer(image)[:, :k]
+            return resize_map(logits.argmax(1).astype(np.uint8), image.shape[:2], nearest=True)[0]
 
         return label
 

@@ -66,7 +66,7 @@ def frames_from_bag(
     if every_n < 1:
         raise ValueError(f"every_n must be >= 1, got {every_n}")
     with BagReader(bag) as reader:
-        topics = {t: ty for t, ty in reader.topics.items() if ty in IMAGE_TYPES}
+        topics = {t: ty for t, ty in reader.topics().items() if ty in IMAGE_TYPES}
         if topic is None:
             if len(topics) != 1:
                 raise ValueError(f"bag {bag} has image topics {sorted(topics)}; choose one with a topic name")
