@@ -6,8 +6,8 @@ with its defaults from ``config/timeseries_model.yaml`` (``--quick``: the CLI's 
 this one process, one after the other:
 
 - fit time (torch on all cores, as ``flow-anomaly ts train`` runs it);
-- batch scoring: ``score_samples`` on 20,000 windows (median of 5 calls), in windows/s;
-- single-window latency: ``score_samples`` on one window at a time (what the node does per stride), p50 and p99 over
+- batch scoring: ``decision_function`` on 20,000 windows (median of 5 calls), in windows/s;
+- single-window latency: ``decision_function`` on one window at a time (what the node does per stride), p50 and p99 over
   3,000 calls cycling through different windows;
 - the RealNVP scorers side by side: nflows in torch, ONNX Runtime with the dynamic-batch graph, ONNX Runtime with
   the static batch-1 graph (the default for single windows), on 1 and 2 threads, and zuko's RealNVP of the same
@@ -90,7 +90,7 @@ def main() -> int:
     import torch
 
     from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES
-    from flow_anomaly_ros.timeseries.detectors import DETECTOR_NAMES, make_detector
+    from flow_anomaly_ros.timeseries.detectors import detector_names, make_detector
     from flow_anomaly_ros.timeseries.signals import default_config
 
     duration = 90.0 if args.quick else 200.0
@@ -105,7 +105,7 @@ def main() -> int:
     print(f"{len(x_train)} training windows x {x_train.shape[1]} features; scoring {len(x_test)} test windows")
 
     results, dets = {}, {}
-    for name in DETECTOR_NAMES:
+    for name in detector_names():
         params = dict(doc.get("detectors", {}).get(name) or {})
         if args.quick:
             params.update(QUICK_OVERRIDES.get(name, {}))
@@ -115,8 +115,8 @@ def main() -> int:
         det.fit(x_train)
         fit_s = time.perf_counter() - t0
         torch_threads(1)  # scoring: one thread, as the node runs
-        rate = batch_rate(det.score_samples, batch, repeat)
-        p50, p99 = single_latency(det.score_samples, x_test, calls)
+        rate = batch_rate(det.decision_function, batch, repeat)
+        p50, p99 = single_latency(det.decision_function, x_test, calls)
         results[name] = {"fit_s": fit_s, "rate": rate, "p50": p50, "p99": p99}
         dets[name] = det
         print(f"{name}: fit {fit_s:.1f} s, {rate:,.0f} windows/s, single p50 {p50:.3f} ms p99 {p99:.3f} ms", flush=True)
@@ -181,9 +181,9 @@ def main() -> int:
     body = (
         f"Real window features ({x_train.shape[1]} per 2 s window) of the first {duration:.0f} s of the KITTI drive "
         f"with DBC-generated CAN; {len(x_train)} training windows; detectors with the {size}. Fit on {cores} "
-        f"torch threads; scoring on one thread (the node's setting): batch = `score_samples` on {n_batch:,} windows "
-        f"(median of {repeat}), single = one window per call ({calls:,} calls, different windows). IF = Isolation "
-        "Forest in the same run.\n\n"
+        f"torch threads; scoring on one thread (the node's setting): batch = `decision_function` on {n_batch:,} "
+        f"windows (median of {repeat}), single = one window per call ({calls:,} calls, different windows). "
+        "IF = Isolation Forest in the same run.\n\n"
         + markdown_table(headers, rows)
         + f"\nTargets (issue 3): RealNVP single-window p99 <= {P99_TARGET_MS:g} ms: "
         f"**{'met' if ok_p99 else 'NOT met'}** ({rn['p99']:.3f} ms); batch >= {BATCH_TARGET:,} windows/s: "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flow_anomaly_ros.model_store import ModelFileError
-from flow_anomaly_ros.timeseries.detectors import DETECTOR_NAMES, load_detector, make_detector
+from flow_anomaly_ros.timeseries.detectors import DETECTOR_NAMES, detector_names, load_detector, make_detector
 
 SMALL = {
     "realnvp": {"epochs": 3, "num_layers": 2, "hidden_features": 16, "num_blocks_per_layer": 1, "backend": "torch"},
@@ -40,12 +40,12 @@ def test_every_detector_fits_scores_calibrates_saves_and_loads(name, data, tmp_p
     x, normal, broken = data
     det = make_detector(name, **SMALL.get(name, {})).fit(x)
     det.calibrate(normal, quantile=0.9)
-    s = det.score_samples(np.vstack([normal, broken]))
+    s = det.decision_function(np.vstack([normal, broken]))
     assert s.shape == (200,) and np.all(np.isfinite(s))
     assert det.predict(normal).mean() <= 0.2
     det.save(tmp_path / name)
     loaded = load_detector(tmp_path / name)
-    np.testing.assert_array_equal(loaded.score_samples(normal), det.score_samples(normal))
+    np.testing.assert_array_equal(loaded.decision_function(normal), det.decision_function(normal))
     assert loaded.threshold_ == det.threshold_ and loaded.params == det.params
 
 
@@ -57,17 +57,17 @@ def test_numpy_scorers_match_scikit_learn(data):
     x, normal, broken = data
     test = np.vstack([normal, broken, 3 * broken])
     ref = -IsolationForest(n_estimators=100, contamination=0.05, random_state=0).fit(x).score_samples(test)
-    np.testing.assert_allclose(make_detector("iforest").fit(x).score_samples(test), ref, rtol=1e-12)
+    np.testing.assert_allclose(make_detector("iforest").fit(x).decision_function(test), ref, rtol=1e-12)
     ref = -OneClassSVM(kernel="rbf", gamma=0.1, nu=0.05).fit(x).decision_function(test)
-    np.testing.assert_allclose(make_detector("ocsvm").fit(x).score_samples(test), ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(make_detector("ocsvm").fit(x).decision_function(test), ref, rtol=1e-9, atol=1e-12)
     ref = -EllipticEnvelope(contamination=0.05, random_state=0).fit(x).score_samples(test)
-    np.testing.assert_allclose(make_detector("elliptic").fit(x).score_samples(test), ref, rtol=1e-9)
+    np.testing.assert_allclose(make_detector("elliptic").fit(x).decision_function(test), ref, rtol=1e-9)
 
 
 def test_realnvp_sees_a_broken_correlation_and_names_the_feature(data):
     x, normal, broken = data
     det = make_detector("realnvp", epochs=40, num_layers=4, hidden_features=32, backend="torch").fit(x)
-    s_norm, s_broken = det.score_samples(normal), det.score_samples(broken)
+    s_norm, s_broken = det.decision_function(normal), det.decision_function(broken)
     assert np.median(s_broken) > np.quantile(s_norm, 0.95)
     row = normal[:1].copy()
     row[0, 3] = 8.0  # one feature far out
@@ -118,7 +118,7 @@ def test_clear_errors(data, tmp_path):
         make_detector("iforest").fit(np.full((30, 2), np.nan))
     det = make_detector("elliptic").fit(x)
     with pytest.raises(ValueError, match="expected 6 features, got 5"):
-        det.score_samples(x[:, :5])
+        det.decision_function(x[:, :5])
     with pytest.raises(RuntimeError, match="calibrate"):
         det.predict(x)
     det.calibrate(x)
@@ -142,7 +142,7 @@ def saved(data, tmp_path_factory):
         params = {**SMALL.get(name, {}), "backend": "auto"} if name == "realnvp" else SMALL.get(name, {})
         det = make_detector(name, **params).fit(x).calibrate(normal)
         det.save(root / name)
-        scores[name] = (det.score_samples(probe), det.threshold_)
+        scores[name] = (det.decision_function(probe), det.threshold_)
     np.save(root / "probe.npy", probe)
     return root, scores
 
@@ -151,11 +151,11 @@ def test_saved_models_give_identical_scores_in_a_new_process(saved):
     root, scores = saved
     code = (
         "import json, sys, numpy as np\n"
-        "from flow_anomaly_ros.timeseries.detectors import DETECTOR_NAMES, load_detector\n"
+        "from flow_anomaly_ros.timeseries.detectors import detector_names, load_detector\n"
         "root = sys.argv[1]; probe = np.load(root + '/probe.npy'); out = {}\n"
-        "for n in DETECTOR_NAMES:\n"
+        "for n in detector_names():\n"
         "    d = load_detector(f'{root}/{n}')\n"
-        "    out[n] = [d.score_samples(probe).tolist(), d.threshold_, getattr(d, 'active_backend', '')]\n"
+        "    out[n] = [d.decision_function(probe).tolist(), d.threshold_, getattr(d, 'active_backend', '')]\n"
         "print(json.dumps(out))\n"
     )
     # a fresh interpreter with its default thread count (this process runs torch on one thread)
@@ -281,7 +281,7 @@ def test_contributions_shape_and_meaning(data):
     assert np.all(np.argmax(cf, axis=1) == 4)
     fixed = far.copy()
     fixed[:, 4] = 0.0
-    assert np.all(det.score_samples(fixed) < det.score_samples(far))
+    assert np.all(det.decision_function(fixed) < det.decision_function(far))
     with pytest.raises(ValueError, match="expected 6 features"):
         det.contributions(rows[:, :3])
 
@@ -291,7 +291,7 @@ def test_threshold_calibration_quantile_and_contamination(name, data):
     x, normal, _ = data
     det = make_detector(name).fit(x)
     clean = np.vstack([normal, x[:300]])
-    scores = det.score_samples(clean)
+    scores = det.decision_function(clean)
     det.calibrate(clean, method="quantile", quantile=0.9)
     assert det.threshold_ == pytest.approx(np.quantile(scores, 0.9))
     assert abs(det.predict(clean).mean() - 0.1) <= 0.01
@@ -315,3 +315,71 @@ def test_threshold_calibration_errors(data):
         det.calibrate(normal, quantile=1.0)
     with pytest.raises(RuntimeError, match="not fitted"):
         make_detector("ocsvm").calibrate(normal)
+
+
+def test_score_samples_is_a_deprecated_alias_of_decision_function(data):
+    x, normal, _ = data
+    det = make_detector("iforest").fit(x)
+    with pytest.warns(DeprecationWarning, match="use decision_function"):
+        old = det.score_samples(normal)
+    np.testing.assert_array_equal(old, det.decision_function(normal))
+
+
+class _DiagonalGaussian:
+    """A real (if simple) detector registered from outside the package: squared z-score summed over features."""
+
+
+@pytest.fixture
+def registered_zscore():
+    from flow_anomaly_ros.timeseries.detectors import Detector, register_detector
+    from flow_anomaly_ros.timeseries.detectors import base as det_base
+
+    class ZScoreDetector(Detector):
+        name = "zscore_test"
+        DEFAULTS = {"eps": 1e-9}  # noqa: RUF012
+
+        def _fit(self, x, progress):
+            self.mean_, self.std_ = x.mean(0), x.std(0) + float(self.params["eps"])
+
+        def _score(self, x):
+            return (((x - self.mean_) / self.std_) ** 2).sum(1)
+
+        def _tensors(self):
+            return {"mean": self.mean_, "std": self.std_}
+
+        def _restore(self, tensors, state, path):
+            self.mean_, self.std_ = tensors["mean"], tensors["std"]
+
+    assert register_detector(ZScoreDetector) is ZScoreDetector
+    yield ZScoreDetector
+    det_base._REGISTRY.pop("zscore_test", None)
+
+
+def test_register_detector_really_adds_one_everywhere_names_are_read(data, tmp_path, registered_zscore):
+    import argparse
+
+    from flow_anomaly_ros.timeseries import cli as ts_cli
+    from flow_anomaly_ros.timeseries.detectors import register_detector
+
+    x, normal, broken = data
+    assert detector_names()[:5] == ("realnvp", "iforest", "ocsvm", "autoencoder", "elliptic")
+    from flow_anomaly_ros.timeseries import detectors as det_pkg
+
+    assert detector_names()[-1] == "zscore_test" and "zscore_test" in det_pkg.DETECTOR_NAMES  # read when asked
+    det = make_detector("zscore_test").fit(x).calibrate(normal)
+    assert det.decision_function(3 * broken).mean() > det.decision_function(normal).mean()
+    det.save(tmp_path / "z")
+    loaded = load_detector(tmp_path / "z")
+    assert isinstance(loaded, registered_zscore)
+    np.testing.assert_array_equal(loaded.decision_function(normal), det.decision_function(normal))
+    # the CLI reads its choices from the registry when its parser is built
+    parser = argparse.ArgumentParser()
+    ts_cli.register(parser.add_subparsers(), "ts", "time series")
+    args = parser.parse_args(["ts", "train", "--detector", "zscore_test", "--out", str(tmp_path / "m")])
+    assert args.detector == "zscore_test"
+    # a second class cannot take a registered name; a non-detector is refused
+    other = type("Other", (registered_zscore,), {})
+    with pytest.raises(ValueError, match="already registered"):
+        register_detector(other)
+    with pytest.raises(TypeError, match="Detector subclass"):
+        register_detector(_DiagonalGaussian)

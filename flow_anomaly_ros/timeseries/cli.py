@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flow_anomaly_ros.timeseries.detectors import DETECTOR_NAMES
+from flow_anomaly_ros.timeseries.detectors import detector_names
 
 QUICK_OVERRIDES = {
     "realnvp": {"epochs": 8, "num_layers": 4, "hidden_features": 32},
@@ -118,10 +118,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flow_anomaly_ros.evaluation.timeseries_report import write_report
     from flow_anomaly_ros.timeseries.experiment import evaluate_models, featurize_dataset, fit_model
 
-    names = DETECTOR_NAMES if args.detectors == "all" else tuple(args.detectors.split(","))
-    bad = sorted(set(names) - set(DETECTOR_NAMES))
+    names = detector_names() if args.detectors == "all" else tuple(args.detectors.split(","))
+    bad = sorted(set(names) - set(detector_names()))
     if bad:
-        raise UserError(f"unknown detector(s) {bad}; valid: {list(DETECTOR_NAMES)}")
+        raise UserError(f"unknown detector(s) {bad}; valid: {list(detector_names())}")
     config, doc = _load_config(args.config)
     _set_threads(args.threads)
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
 
     p = sub.add_parser("train", help="train one detector and write a model directory")
     common(p)
-    p.add_argument("--detector", choices=DETECTOR_NAMES, default="realnvp")
+    p.add_argument("--detector", choices=detector_names(), default="realnvp")
     p.add_argument("--out", type=Path, required=True, help="model directory to write (atomically)")
     p.add_argument("--data", type=Path, default=None, help="data set directory from 'ts dataset' (default: build)")
     p.add_argument("--epochs", type=int, default=None, help="override the detector's epochs (realnvp, autoencoder)")
@@ -175,7 +175,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p = sub.add_parser("evaluate", help="fit every detector on the same split and write the report")
     common(p)
     p.add_argument("--out", type=Path, required=True, help="report directory (report.md, results.json, PNGs)")
-    p.add_argument("--detectors", default="all", help=f"comma-separated subset of {','.join(DETECTOR_NAMES)}")
+    p.add_argument("--detectors", default="all", help=f"comma-separated subset of {','.join(detector_names())}")
     p.add_argument("--data", type=Path, default=None, help="data set directory from 'ts dataset' (default: build)")
     p.add_argument("--copies", type=int, default=None, help="injected test copies per severity")
     p.add_argument("--quick", action="store_true", help="one test copy, smaller models (smoke runs)")

@@ -464,7 +464,7 @@ class TimeseriesModel:
         finalise, so live, offline and evaluation scores are bit-identical.
         """
         z = self.normaliser.transform(np.atleast_2d(features))
-        return np.array([self.detector.score_samples(z[i : i + 1])[0] for i in range(len(z))])
+        return np.array([self.detector.decision_function(z[i : i + 1])[0] for i in range(len(z))])
 
     def save(self, path: str | Path, training: dict[str, Any] | None = None) -> Path:
         extra = {
