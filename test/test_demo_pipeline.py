@@ -65,7 +65,10 @@ def test_live_and_offline_metrics_agree(demo_run):
     m = json.loads((base / "report" / "metrics.json").read_text())
     agree = m["agreement"]
     assert agree["windows_matched"] == agree["windows_offline"] == agree["windows_live"] > 0
-    assert agree["frames_matched"] == agree["frames_offline"] == agree["frames_live"] > 0
+    # the camera node may skip a frame under CPU load (newest-frame policy) or DDS may lose one: missing, never
+    # different; every frame that both evaluations have is identical, and so are the metrics over those frames
+    assert agree["frames_matched"] == agree["frames_live"] > 0
+    assert agree["frames_offline"] - agree["frames_matched"] == agree["frames_missing_live"] <= 2
     # Every window scored in both is bit-identical; a live window may differ only by the node saying its input was
     # degraded (on a CPU-starved CI machine DDS can lose or delay messages: STALE/INVALID_INPUT, NaN score).
     assert agree["max_abs_score_diff"] == 0.0 and agree["windows_unexplained"] == 0
@@ -73,7 +76,10 @@ def test_live_and_offline_metrics_agree(demo_run):
     if agree["windows_degraded_live"] == 0:  # the normal case: identical metrics
         assert agree["decision_agreement"] == 1.0 and agree["status_agreement"] == 1.0
         _same(_scalars(m["offline"]["timeseries"]["realnvp"]), _scalars(m["live"]["timeseries"]["realnvp"]))
-    _same(_scalars(m["offline"]["camera"]), _scalars(m["live"]["camera"]))
+    if agree["frames_missing_live"] == 0:
+        _same(_scalars(m["offline"]["camera"]), _scalars(m["live"]["camera"]))
+    else:
+        assert agree["camera_metrics_equal_on_matched"]
     assert set(m["offline"]["timeseries"]) == {"realnvp", "iforest"}  # the comparison covers the baseline too
 
 

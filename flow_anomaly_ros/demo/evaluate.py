@@ -94,13 +94,49 @@ def _latency_row(stage: str, samples_ms: list[float] | np.ndarray, note: str = "
 # --------------------------------------------------------------------------------------------------------------
 
 
-def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | None = None) -> Evaluation:
-    """Run the nodes' cores on every message of ``bag`` (no DDS) and compute the metrics."""
+def camera_model_summary(model_dir: str | Path) -> dict[str, Any]:
+    """Where the camera model came from and how its threshold was chosen (from its manifest), for the report."""
+    from flow_anomaly_ros.model_store import read_manifest
+
+    m = read_manifest(model_dir)
+    config = (m.get("training") or {}).get("config") or {}
+    cal = m.get("threshold_calibration") or {}
+    return {
+        "base": (config.get("model") or {}).get("weights") or "random initialisation",
+        "fine_tuning_steps": (config.get("train") or {}).get("steps"),
+        "negatives": "MAF low-likelihood patches" if (config.get("patches") or {}).get("per_image") else "none",
+        "threshold": (m.get("thresholds") or {}).get("anomaly_prob"),
+        "calibration": {
+            k: cal.get(k)
+            for k in ("rule", "frames", "frame_alarm_rate", "pixel_rate", "max_position_rate", "min_region_area")
+        },
+    }
+
+
+def camera_results(bag: str | Path, topic: str, processor: Any, progress: Any | None = None) -> list[CameraResult]:
+    """The camera node's FrameProcessor on every image of ``topic`` (shared by ``evaluate`` and ``fleet``)."""
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
     from flow_anomaly_ros.ros.image_conversion import image_to_rgb
 
+    camera: list[CameraResult] = []
+    with BagReader(bag) as reader:
+        for msg in reader.messages([topic]):
+            rgb = image_to_rgb(deserialize_message(msg.data, Image))
+            t0 = time.perf_counter()
+            frame = processor.process(rgb)
+            dt_ms = (time.perf_counter() - t0) * 1e3
+            camera.append(
+                CameraResult(msg.stamp_ns, processor.score_image(frame), frame.mask != 0, bool(frame.regions), dt_ms)
+            )
+            if progress is not None:
+                progress("camera frame", 1)
+    return camera
+
+
+def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | None = None) -> Evaluation:
+    """Run the nodes' cores on every message of ``bag`` (no DDS) and compute the metrics."""
     bag = Path(bag)
     t_start = time.perf_counter()
     truth = load_ground_truth(bag)
@@ -115,19 +151,7 @@ def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | 
             ts_seconds = time.perf_counter() - t0
         if progress is not None:
             progress(f"scored {name}", None)
-    processor = cores.frame_processor(models)
-    camera: list[CameraResult] = []
-    with BagReader(bag) as reader:
-        for msg in reader.messages([topics["camera"]]):
-            rgb = image_to_rgb(deserialize_message(msg.data, Image))
-            t0 = time.perf_counter()
-            frame = processor.process(rgb)
-            dt_ms = (time.perf_counter() - t0) * 1e3
-            camera.append(
-                CameraResult(msg.stamp_ns, processor.score_image(frame), frame.mask != 0, bool(frame.regions), dt_ms)
-            )
-            if progress is not None:
-                progress("camera frame", 1)
+    camera = camera_results(bag, topics["camera"], cores.frame_processor(models), progress)
     ev = Evaluation("offline", bag, detectors, camera)
     if models.deployed_detector in models.ts_models:
         ev.window_geometry = cores.window_geometry(models.ts_models[models.deployed_detector])
@@ -147,6 +171,8 @@ def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | 
             }
         )
     ev.counts = {"camera_frames": len(camera), "windows": {k: len(v) for k, v in detectors.items()}}
+    if models.seg_model is not None:
+        ev.counts["camera_model"] = camera_model_summary(models.seg_model)
     ev.metrics = compute_metrics(ev, truth, load_camera_labels(bag), models.deployed_detector)
     ev.wall_s = time.perf_counter() - t_start
     return ev
@@ -408,8 +434,21 @@ def agreement(offline: Evaluation, live: Evaluation) -> dict[str, Any]:
         len(live.camera),
         len(matched),
     )
+    # The camera node keeps only the newest frame: under CPU load it may skip one (counted on its /diagnostics), and
+    # DDS may lose one. Such frames are missing, never different: every frame both have must be identical.
+    out["frames_missing_live"] = len(offline.camera) - len(matched)
     if matched:
         out["mask_pixel_agreement"] = float(np.mean([np.mean(a.mask == b.mask) for a, b in matched]))
+        if out["frames_missing_live"]:
+            labels = load_camera_labels(offline.bag)
+            both = [(a, b) for a, b in matched if a.stamp_ns in labels]
+            if both:
+                m_off, m_on = (
+                    cores.camera_metrics([c.scores for c in side], [c.mask for c in side],
+                                         [labels[c.stamp_ns] for c in side], [c.is_anomaly for c in side])
+                    for side in zip(*both, strict=True)
+                )  # fmt: skip
+                out["camera_metrics_equal_on_matched"] = m_off == m_on
         diffs = [
             float(np.max(np.abs(a.scores - b.scores)))
             for a, b in matched

@@ -239,6 +239,26 @@ def plot_camera_frames(
     return rows
 
 
+def _camera_model_note(info: dict[str, Any] | None) -> str:
+    """One paragraph: which base the camera model was fine-tuned from and how its threshold was calibrated."""
+    if not info:
+        return ""
+    cal = info.get("calibration") or {}
+    rates = ""
+    if cal.get("frames"):
+        pixels = 100 * (cal.get("pixel_rate") or 0)
+        rates = (f" On the {cal['frames']} clean calibration frames it flags {pixels:.3f} % "
+                 f"of the pixels, raises an alarm in {100 * (cal.get('frame_alarm_rate') or 0):.1f} % of the frames, "
+                 f"and no pixel position fires in more than {100 * (cal.get('max_position_rate') or 0):.1f} % of "
+                 "them.")  # fmt: skip
+    return (
+        f"<p class='note'>Camera model: fine-tuned for {info.get('fine_tuning_steps')} steps with "
+        f"{html.escape(str(info.get('negatives')))} from <code>{html.escape(str(info.get('base')))}</code>; "
+        f"threshold {float(info.get('threshold') or 0.5):.3f} on the anomaly-class probability, chosen on "
+        f"anomaly-free frames ({html.escape(str(cal.get('rule') or 'default'))}).{rates}</p>"
+    )
+
+
 def plot_camera_scores(out: Path, truth: dict[str, Any], camera: list[Any], labels: dict[int, np.ndarray]) -> None:
     import matplotlib
 
@@ -407,6 +427,7 @@ def write_report(
         parts += [f"<h3>{html.escape(det)}: offline vs live</h3>", table(ts_live_rows)]
     parts += [
         "<h2>Camera: anomaly segmentation</h2>",
+        _camera_model_note(offline.counts.get("camera_model")),
         table(cam_rows),
         "<img src='camera_scores.png' alt='camera per-frame'>",
     ]

@@ -588,12 +588,12 @@ def register_effect(verbs: argparse._SubParsersAction, common) -> None:
     p.add_argument("--base", metavar="shipped|scratch|DIR",
                    help="shared base: the shipped models/seg_base_mobilenet (default), scratch (trained here for "
                         "--base-steps), or a model directory")  # fmt: skip
-    p.add_argument("--seeds", type=int, help="number of seeds (default 3; mean ± std in the table)")
+    p.add_argument("--seeds", type=int, help="number of seeds from --seed on (default 3; mean ± std in the table)")
     p.add_argument("--base-steps", type=int, help="base training steps with --base scratch (default 400)")
     p.add_argument("--finetune-steps", type=int, help="fine-tuning steps per arm (default 300)")
     p.add_argument("--maf-steps", type=int, help="MAF NLL steps (default 1000)")
-    p.add_argument("--train-scenes", type=int, help="training scenes (default 300)")
-    p.add_argument("--test-scenes", type=int, help="test scenes with anomalies (default 40)")
+    p.add_argument("--train-scenes", type=int, help="training scenes (default 2000)")
+    p.add_argument("--test-scenes", type=int, help="test scenes with anomalies, spread over every kind (default 48)")
     p.add_argument("--temperature", type=float, help="MAF sampling temperature (default 1.5)")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default 0.005)")
     p.add_argument("--anomaly-weight", type=float, help="weight of the anomaly CE on pasted pixels (default 0.1)")
