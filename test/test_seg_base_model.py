@@ -118,7 +118,7 @@ def test_train_base_cli_trains_resumes_and_ships_fp16(tmp_path):
            "--measure-scenes", "1", "--ship", str(tmp_path / "shipped")]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads(out.stdout[out.stdout.index("{") :])
+    report = json.loads(out.stdout[out.stdout.index("{\n") :])  # after the validation lines
     assert report["steps"] == 2 and 0.0 <= report["measured"]["miou"] <= 1.0
     shipped = read_manifest(tmp_path / "shipped")
     assert shipped["base_model"]["weights_dtype"] == "float16" and shipped["base_model"]["training"]["steps"] == 2
