@@ -83,7 +83,7 @@ def test_augmentation_keeps_labels_exact_and_sizes_right():
     rng = np.random.default_rng(0)
     ci, cl = random_crop(img, lbl, (80, 100), rng)
     assert ci.shape == (80, 100, 3) and cl.shape == (80, 100)
-    pi, pl = random_crop(scene.image, scene.label, (80, 160), rng)  # smaller than the crop: padded with ignore
+    _, pl = random_crop(scene.image, scene.label, (80, 160), rng)  # smaller than the crop: padded with ignore
     assert pl.shape == (80, 160) and (pl[64:] == 255).all()
     assert color_jitter(scene.image, 0.0, rng) is scene.image
     jittered = color_jitter(scene.image, 0.3, rng)
