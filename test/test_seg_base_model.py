@@ -100,14 +100,14 @@ def test_training_batches_are_augmented_crops(tmp_path):
     assert images.shape == (3, 64, 128, 3) and labels.shape == (3, 64, 128)
     again, _ = TrainingImages(cfg).batch(np.random.default_rng(0), 3)
     assert (again == images).all()  # a function of the rng: resumed runs see the same batches
-    with pytest.raises(ValueError, match="data.scale"):
+    with pytest.raises(ValueError, match=r"data\.scale"):
         FinetuneConfig.from_dict({"data": {"scale": [2.0, 1.0]}})
 
 
 def test_train_base_cli_trains_resumes_and_ships_fp16(tmp_path):
     import yaml
 
-    cfg = yaml.safe_load(open(SHIPPED.parents[1] / "config" / "segmentation_base.yaml"))
+    cfg = yaml.safe_load((SHIPPED.parents[1] / "config" / "segmentation_base.yaml").read_text())
     cfg["data"].update(scene_size=[64, 128], crop=[48, 96], num_scenes=20)
     cfg["train"].update(steps=2, batch_size=2, threads=1)
     cfg["validation"].update(every=2, num_images=1, size=[64, 128])
