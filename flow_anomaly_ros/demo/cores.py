@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from flow_anomaly_ros.data.bag_recording import recording_from_bag  # noqa: F401  (shared with `ts train --bag`)
+from flow_anomaly_ros.timeseries import status
 
 NS = 1_000_000_000
 
@@ -58,7 +59,9 @@ def score_recording(model_dir: str | Path, recording: Any) -> Any:
     )
 
 
-STATUS_OK, STATUS_WARMING_UP, STATUS_STALE, STATUS_INVALID, STATUS_MODEL_ERROR = 0, 1, 2, 3, 4
+# the status codes under the names this module has always used (one source: timeseries.status)
+STATUS_OK, STATUS_WARMING_UP, STATUS_STALE = status.OK, status.WARMING_UP, status.STALE_INPUT
+STATUS_INVALID, STATUS_MODEL_ERROR = status.INVALID_INPUT, status.MODEL_ERROR
 
 
 def timeseries_metrics(windows: Any, intervals: list[dict[str, Any]], window_s: float, stride_s: float) -> dict:

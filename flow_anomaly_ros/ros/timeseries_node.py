@@ -45,7 +45,7 @@ import gc
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,13 @@ from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, Param, run_nod
 from flow_anomaly_ros.ros.qos import QOS_NAMES, qos_from_name
 from flow_anomaly_ros.ros.scheduling import cpu_list_problem, pin_threads, set_realtime
 from flow_anomaly_ros.stats import LatencyWindow
+from flow_anomaly_ros.timeseries.bounded_queue import BoundedQueue
 from flow_anomaly_ros.timeseries.pipeline import CONTRIBUTIONS
+from flow_anomaly_ros.timeseries.status import INVALID_INPUT as STATUS_INVALID_INPUT
+from flow_anomaly_ros.timeseries.status import OK as STATUS_OK
+from flow_anomaly_ros.timeseries.status import STATUS_NAMES
 
 NODE_NAME = "timeseries_anomaly_node"
-STATUS_NAMES = {0: "OK", 1: "WARMING_UP", 2: "STALE_INPUT", 3: "INVALID_INPUT", 4: "MODEL_ERROR"}
-STATUS_OK, STATUS_INVALID_INPUT, STATUS_MODEL_ERROR = 0, 3, 4
 DRAIN_MAX = 256  # messages a subscription callback takes from its backlog in one executor turn
 RESET_NOTICE_S = 10.0  # diagnostics keep naming the last reset (and WARN) this long, in node-clock seconds
 
@@ -146,45 +148,6 @@ PARAMS: tuple[Param, ...] = (
 
 class ModelError(RuntimeError):
     """The model is missing, corrupt or does not match the configured inputs (MODEL_ERROR)."""
-
-
-class BoundedQueue:
-    """A FIFO with a hard capacity between taking input (put) and scoring (take_all): on one thread after each
-    round of takes (input_thread), or across threads from executor callbacks to the scoring thread.
-
-    ``put`` never blocks: when full, it refuses the item and counts a drop, so a flood costs a counter, not memory.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.dropped = 0
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition()
-
-    def put(self, item: Any) -> bool:
-        with self._cond:
-            if len(self._items) >= self.capacity:
-                self.dropped += 1
-                return False
-            self._items.append(item)
-            self._cond.notify()
-            return True
-
-    def take_all(self, timeout: float) -> list[Any]:
-        """Everything queued (waiting up to ``timeout`` seconds for at least one item)."""
-        with self._cond:
-            if not self._items and timeout > 0:
-                self._cond.wait(timeout)
-            items = list(self._items)
-            self._items.clear()
-            return items
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class TimeseriesAnomalyNode(ManagedAnomalyNode):

@@ -38,15 +38,15 @@ from flow_anomaly_ros.timeseries.features import CanTiming, FeatureLayout
 from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
 from flow_anomaly_ros.timeseries.resample import SampleBuffer
 from flow_anomaly_ros.timeseries.signals import IMU_FIELDS, ConfigError, PipelineConfig, load_dbc, resolve_dbc_path
+from flow_anomaly_ros.timeseries.status import (
+    INVALID_INPUT,
+    MODEL_ERROR,
+    OK,
+    STALE_INPUT,
+    STATUS_NAMES,  # noqa: F401  (re-exported: pipeline.STATUS_NAMES callers)
+    WARMING_UP,
+)
 
-OK, WARMING_UP, STALE_INPUT, INVALID_INPUT, MODEL_ERROR = 0, 1, 2, 3, 4
-STATUS_NAMES = {
-    OK: "OK",
-    WARMING_UP: "WARMING_UP",
-    STALE_INPUT: "STALE_INPUT",
-    INVALID_INPUT: "INVALID_INPUT",
-    MODEL_ERROR: "MODEL_ERROR",
-}
 MAX_BACKLOG_WINDOWS = 600  # poll() never emits more than this many windows at once (a huge time jump skips ahead)
 # Buffers drop samples no future window needs every this many polls, not on every one: the search per buffer is
 # ~5% of a window's work on the node's latency path, and the few extra samples kept in between change nothing.
