@@ -4,6 +4,8 @@
 #  - creates .venv with Python 3.11 and installs the pinned requirements (ROS 2 Kilted wheels, torch, ...)
 #  - fixes the Kilted wheels' hard-coded manylinux include paths so rosidl builds work
 #  - builds msg/*.msg (and can_msgs/Frame for machines without ros2_socketcan) into the venv prefix
+#  - installs the vendored upstream launch/launch_ros (../shared/vendor, test dependency) and builds the
+#    composition_interfaces services launch_ros imports, so tests run the launch files under a real LaunchService
 #  - installs flow_anomaly_ros in editable mode
 # A re-run with nothing changed returns in about a second (content hash stamp).
 set -euo pipefail
@@ -14,7 +16,8 @@ STAMP=$VENV/.setup-stamp
 PY=${PYTHON:-python3.11}
 
 inputs=(requirements-dev.txt constraints.txt setup.py pyproject.toml CMakeLists.txt package.xml msg/*.msg
-        tools/can_msgs/msg/*.msg tools/can_msgs/CMakeLists.txt tools/setup.sh)
+        tools/can_msgs/msg/*.msg tools/can_msgs/CMakeLists.txt tools/composition_interfaces/srv/*.srv
+        tools/composition_interfaces/CMakeLists.txt tools/setup.sh)
 hash=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 if [[ -f $STAMP && $(cat "$STAMP") == "$hash" && -x $VENV/bin/python ]]; then
   echo "setup: .venv is up to date"
@@ -60,7 +63,25 @@ build_msgs() {  # $1 = source dir, $2 = build dir name, extra cmake args...
 mkdir -p "$VENV/build"
 echo "setup: building messages (can_msgs, flow_anomaly_ros)"
 if ! "$VENV/bin/python" -c "import can_msgs.msg" 2>/dev/null; then build_msgs tools/can_msgs can_msgs; fi
+if ! "$VENV/bin/python" -c "import composition_interfaces.srv" 2>/dev/null; then
+  build_msgs tools/composition_interfaces composition_interfaces
+fi
 build_msgs . flow_anomaly_ros -DFLOW_ANOMALY_INSTALL_PYTHON=OFF
+
+# launch, launch_xml, launch_yaml and launch_ros are not on PyPI: install the unmodified upstream exports from
+# ../shared/vendor (never copied into the project). pip builds in the source tree, so build from a scratch copy.
+VENDOR=${FLOW_ANOMALY_VENDOR:-$ROOT/../shared/vendor}
+if [[ -d $VENDOR/ros2-launch && -d $VENDOR/ros2-launch_ros ]]; then
+  echo "setup: installing launch/launch_ros from $VENDOR"
+  scratch=$(mktemp -d)
+  cp -r "$VENDOR"/ros2-launch/{launch,launch_xml,launch_yaml} "$VENDOR/ros2-launch_ros/launch_ros" "$scratch/"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
+    "$scratch/launch" "$scratch/launch_xml" "$scratch/launch_yaml" "$scratch/launch_ros" >"$VENV/build/launch.log" 2>&1 \
+    || { echo "setup: installing launch failed, log: $VENV/build/launch.log"; tail -30 "$VENV/build/launch.log"; exit 1; }
+  rm -rf "$scratch"
+else
+  echo "setup: $VENDOR has no ros2-launch/ros2-launch_ros: launch tests will be skipped"
+fi
 # rosidl writes a package __init__.py next to the generated msg/ directory; in the venv the hand-written package
 # (editable install) must own `flow_anomaly_ros`, and it joins the generated part with pkgutil.extend_path.
 SITE=$("$VENV/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
