@@ -37,7 +37,7 @@ setup(
         "pyyaml>=5.4",
         "pillow>=9.0",
     ],
-    extras_require={"data": ["gtsam>=4.2", "opendbc>=0.2"], "fast": ["zuko>=1.0"]},
+    extras_require={"data": ["gtsam>=4.2", "opendbc>=0.2"], "fast": ["zuko>=1.0"], "evaluation": ["ray>=2.40"]},
     entry_points={
         "console_scripts": ["flow-anomaly = flow_anomaly_ros.cli:main"]
         + [f"{name} = {target}" for name, target in NODES.items()],
