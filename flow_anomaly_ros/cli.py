@@ -20,6 +20,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("bag", "flow_anomaly_ros.ros.bag_cli", "rosbag2 play / record / info (MCAP and SQLite3, via rosbags)"),
     ("demo", "flow_anomaly_ros.demo.cli", "demo recording and the end-to-end demo job"),
     ("evaluate", "flow_anomaly_ros.demo.evaluate_cli", "evaluate the nodes' core on a bag (offline or --live)"),
+    ("fleet", "flow_anomaly_ros.fleet.cli", "evaluate many bags in parallel on Ray (local or a cluster), one report"),
     ("up", "flow_anomaly_ros.ros.runner", "run the nodes in one process (for machines without ros2 launch)"),
 )
 

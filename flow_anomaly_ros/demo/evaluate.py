@@ -151,7 +151,9 @@ def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | 
             ts_seconds = time.perf_counter() - t0
         if progress is not None:
             progress(f"scored {name}", None)
-    camera = camera_results(bag, topics["camera"], cores.frame_processor(models), progress)
+    camera = (  # no camera model: time-series-only evaluation (``fleet evaluate`` without --seg-model)
+        camera_results(bag, topics["camera"], cores.frame_processor(models), progress) if models.seg_model else []
+    )
     ev = Evaluation("offline", bag, detectors, camera)
     if models.deployed_detector in models.ts_models:
         ev.window_geometry = cores.window_geometry(models.ts_models[models.deployed_detector])

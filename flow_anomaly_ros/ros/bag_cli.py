@@ -182,7 +182,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     play.add_argument("--topics", nargs="+", default=[], metavar="TOPIC", help="play only these topics")
     play.add_argument("-l", "--loop", action="store_true", help="repeat the bag until interrupted")
-    play.add_argument("--start-offset", type=float, default=0.0, metavar="S", help="skip the first S seconds")
+    play.add_argument(
+        "--start-offset", "--start", type=float, default=0.0, metavar="S", help="skip the first S seconds of the bag"
+    )
     play.add_argument("--delay", type=float, default=0.0, metavar="S", help="sleep S seconds before playing")
     play.add_argument(
         "-m", "--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish topic FROM under the name TO"
