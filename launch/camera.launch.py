@@ -10,7 +10,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from flow_anomaly_ros.ros.runner import node_parameters
+from flow_anomaly_ros.ros.runner import launch_parameters, node_parameters
 from launch import LaunchDescription
 
 PACKAGE = "flow_anomaly_ros"
@@ -42,14 +42,15 @@ def _camera_node(context, *args, **kwargs):
     }
     if get("camera_model"):
         overrides["model_path"] = get("camera_model")
+    parameters, empty_lists = launch_parameters(node_parameters(params_file, "camera_anomaly_node"), overrides)
     return [
         Node(
             package=PACKAGE,
             executable="camera_anomaly_node",
             name="camera_anomaly_node",
             namespace=get("namespace"),
-            parameters=[node_parameters(params_file, "camera_anomaly_node"), overrides],
-            ros_arguments=["--log-level", get("log_level")],
+            parameters=[parameters],
+            ros_arguments=["--log-level", get("log_level"), *empty_lists],
             output="screen",
             emulate_tty=True,
         )

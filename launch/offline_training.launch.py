@@ -15,7 +15,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from flow_anomaly_ros.ros.runner import node_parameters
+from flow_anomaly_ros.ros.runner import launch_parameters, node_parameters
 from launch import LaunchDescription
 
 PACKAGE = "flow_anomaly_ros"
@@ -35,18 +35,19 @@ def _trainer_node(context, *args, **kwargs):
         [FindPackageShare(PACKAGE), "config", "synthesis_trainer.yaml"]
     ).perform(context)
     remaps = [("image", get("image_topic"))] if get("image_topic") else []
+    parameters, empty_lists = launch_parameters(
+        node_parameters(params_file, "synthesis_trainer_node"),
+        {"use_sim_time": get("use_sim_time").lower() in ("true", "1", "yes")},
+    )
     return [
         Node(
             package=PACKAGE,
             executable="synthesis_trainer_node",
             name="synthesis_trainer_node",
             namespace=get("namespace"),
-            parameters=[
-                node_parameters(params_file, "synthesis_trainer_node"),
-                {"use_sim_time": get("use_sim_time").lower() in ("true", "1", "yes")},
-            ],
+            parameters=[parameters],
             remappings=remaps,
-            ros_arguments=["--log-level", get("log_level")],
+            ros_arguments=["--log-level", get("log_level"), *empty_lists],
             output="screen",
             emulate_tty=True,
         )

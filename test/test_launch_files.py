@@ -1,6 +1,7 @@
 """Launch files, parameter files and the RViz layout: they load, refer only to what is installed, and are documented.
 
-``launch``/``launch_ros``/``launch_pytest`` are not installable from PyPI, so here the launch files are checked as
+``launch``/``launch_ros`` are not on PyPI (tools/setup.sh installs them from ../shared/vendor; test_launch_service.py
+runs every launch file under a real LaunchService). Here the launch files are also checked as
 Python source (compile + AST): every executable they start is installed (CMakeLists.txt ``install(PROGRAMS)`` and
 setup.py entry points), every parameter/RViz file they name exists, every ``DeclareLaunchArgument`` has a
 description, and every argument is documented in docs/camera_node.md. Where launch_pytest imports (a ROS 2
@@ -328,3 +329,17 @@ def test_launch_files_read_each_nodes_section_whatever_the_key_style(tmp_path):
     assert node_parameters(mixed, "camera_anomaly_node") == {"a": 1, "b": 2, "c": 3}
     for name in ("camera.launch.py", "timeseries.launch.py", "offline_training.launch.py"):
         assert "node_parameters(params_file" in (LAUNCH_DIR / name).read_text(), name  # namespace-proof
+
+
+def test_launch_parameters_pass_empty_lists_as_ros_arguments():
+    from flow_anomaly_ros.ros.runner import launch_parameters, node_parameters
+
+    file_section = node_parameters(CONFIG_DIR / "timeseries_anomaly.yaml", "timeseries_anomaly_node")
+    assert file_section["cpu_affinity"] == []  # the value launch_ros cannot type
+    params, ros_args = launch_parameters(file_section, {"use_sim_time": True, "imu_topics": ["/imu"]})
+    assert "cpu_affinity" not in params and ros_args == ["-p", "cpu_affinity:=[]"]
+    assert params["imu_topics"] == ["/imu"] and params["use_sim_time"] is True
+    assert not any(isinstance(v, (list, tuple)) and not v for v in params.values())
+    # later sections win, also over an empty list; nested sections become dotted names
+    assert launch_parameters({"a": [], "m": {"p": 1}}, {"a": [3]}) == ({"a": [3], "m.p": 1}, [])
+    assert launch_parameters({"a": [1]}, {"a": []}) == ({}, ["-p", "a:=[]"])

@@ -74,6 +74,32 @@ def node_parameters(params_file: str | Path, node_name: str) -> dict:
     return out
 
 
+def launch_parameters(*sections: dict) -> tuple[dict, list[str]]:
+    """``sections`` merged (later wins) into what a launch_ros ``Node`` can take: ``(parameters, ros_arguments)``.
+
+    launch_ros infers an array parameter's type from its elements, so an empty list (``cpu_affinity: []``) raises
+    "Expected 'value' to be one of [float,int,str,bool,bytes], but got '()'" (Humble to rolling) and the launch dies
+    before any node starts. Empty lists are passed as ``-p name:=[]`` ros arguments instead, which the node reads as
+    the empty list (``Param.coerce``); nested dicts become dotted names, as launch_ros does.
+    """
+    merged: dict = {}
+
+    def flatten(section: dict, prefix: str = "") -> None:
+        for key, value in section.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                flatten(value, f"{name}.")
+            else:
+                merged[name] = value
+
+    for section in sections:
+        flatten(section)
+    empty = [name for name, value in merged.items() if isinstance(value, (list, tuple)) and len(value) == 0]
+    parameters = {name: value for name, value in merged.items() if name not in empty}
+    ros_args = [arg for name in empty for arg in ("-p", f"{name}:=[]")]
+    return parameters, ros_args
+
+
 def any_namespace_copy(params_file: Path, out_dir: Path) -> Path:
     """A copy of a parameter file whose bare node-name keys (``name:``) become ``/**/name:`` (any namespace)."""
     import yaml
