@@ -254,8 +254,6 @@ def camera_review(frames: list[Any], bag_start_s: float) -> tuple[dict[str, Any]
             }
         )
     summary = {"frames": len(frames), "alarm_frames": int(flags.sum()), "alarm_events": len(events)}
-    if frames:
-        summary["latency_p50_ms"] = float(np.percentile([f.latency_ms for f in frames], 50))
     return summary, events
 
 
@@ -331,6 +329,8 @@ def evaluate_bag(job: BagJob, models: FleetModels, options: EvalOptions | None =
         "pid": os.getpid(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
+    if frames:
+        out["run"]["camera_p50_ms"] = float(np.percentile([f.latency_ms for f in frames], 50))
     return clean_json(out)
 
 
