@@ -226,3 +226,38 @@ def test_node_modules_do_not_import_ray():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_fleet_train_features_equal_serial(ray_session, fleet, tmp_path):
+    import numpy as np
+
+    from flow_anomaly_ros.cli import main
+    from flow_anomaly_ros.fleet.train import fleet_features
+    from flow_anomaly_ros.timeseries.bag_training import (
+        bag_features,
+        imu_topic_map,
+        load_bag_recordings,
+        split_fractions,
+    )
+    from flow_anomaly_ros.timeseries.pipeline import load_timeseries_model
+    from flow_anomaly_ros.timeseries.signals import default_config
+
+    _, jobs, _ = fleet
+    bags = [j.path for j in jobs[:4]]
+    config, doc = default_config()
+    topics = imu_topic_map(None, config)
+    feats, parts = fleet_features(config, doc, bags, topics, "/from_can_bus", progress=False)
+    recordings = [rec for rec, _ in load_bag_recordings(config, bags, topics, "/from_can_bus")]
+    stride = float(doc["split"].get("train_stride_s", config.stride_s))
+    serial, _ = bag_features(config, recordings, split_fractions(doc), stride)
+    assert [p["bag"] for p in parts] == bags
+    np.testing.assert_array_equal(feats.x_train, serial.x_train)
+    np.testing.assert_array_equal(feats.x_calibrate, serial.x_calibrate)
+    assert len(feats.x_train) > 100
+
+    out = tmp_path / "model"
+    assert main(["fleet", "train", *bags, "--quick", "--epochs", "1", "--out", str(out)]) == 0
+    assert load_timeseries_model(out).config.signal_names == config.signal_names
+    # a corrupt bag stops the training with a message naming it (never a model fitted on fewer bags silently)
+    assert main(["fleet", "train", *bags, jobs[4].path, "--quick", "--epochs", "1", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
