@@ -29,6 +29,7 @@ Run::
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -51,6 +52,7 @@ from flow_anomaly_ros.ros.image_conversion import (
 from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, Param, run_node
 from flow_anomaly_ros.ros.qos import QOS_NAMES, qos_from_name
 from flow_anomaly_ros.runtime.loader import BACKEND_KINDS
+from flow_anomaly_ros.runtime.tensorrt_plan import engine_options
 from flow_anomaly_ros.segmentation.spec import SCORE_METHODS
 from flow_anomaly_ros.stats import LatencyWindow, RateMeter
 
@@ -75,6 +77,9 @@ def _color_check(value: Any) -> str | None:
     return None
 
 
+DERIVED_ONNX = re.compile(r"\.(fp16|int8-qdq)\.[0-9a-f]{12}\.onnx$")  # runtime/tensorrt_onnx.variant_path
+
+
 def mirror_model_into(model_path: str, cache_dir: str) -> str:
     """The model path to load; with an engine cache directory, a mirror of the model made of symlinks inside it.
 
@@ -90,8 +95,8 @@ def mirror_model_into(model_path: str, cache_dir: str) -> str:
     mirror.mkdir(parents=True, exist_ok=True)
     files = [source] if source.is_file() else [f for f in source.iterdir() if f.is_file()]
     for target in files:
-        if ".engine" in target.name or target.name.endswith(".calib"):
-            continue  # engines and calibration caches belong to the cache, not to the model
+        if ".engine" in target.name or target.name.endswith(".calib") or DERIVED_ONNX.search(target.name):
+            continue  # engines and the FP16 / Q/DQ ONNX copies they are built from belong to the cache
         link = mirror / target.name
         if link.is_symlink() and link.resolve() != target:
             link.unlink()
@@ -130,6 +135,13 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             "input_size",
             [0, 0],
             "network input [height, width]; [0, 0] = the model's size, else the image's",
+            check=_size_check,
+        ),
+        Param(
+            "engine_shape",
+            [0, 0],
+            "camera [height, width] the TensorRT engine is built for when neither the model nor input_size fixes "
+            "the network size; [0, 0] = any size 32x32..2160x3840 (seg build-engine --shape HxW builds the same)",
             check=_size_check,
         ),
         Param("score_method", "", "per-pixel score; empty = the model's default", choices=("", *SCORE_METHODS)),
@@ -199,8 +211,11 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         from flow_anomaly_ros.runtime import load_backend
 
         model_path = mirror_model_into(params["model_path"], params["engine_cache_dir"])
+        # input_size and engine_shape shape the TensorRT profile before the engine is built (the same function
+        # as `seg build-engine`, so an engine built there is found here)
+        engine = engine_options(params["input_size"], params["engine_shape"])
         self.backend = load_backend(
-            params["backend"], model_path, device=params["device"], precision=params["precision"]
+            params["backend"], model_path, device=params["device"], precision=params["precision"], **engine
         )
         spec = self.backend.spec
         if any(params["input_size"]):
@@ -217,7 +232,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             overlay_alpha=params["overlay_alpha"],
         )
         if params["warmup"]:  # first calls of ORT/torch/scipy are slow; do them before the first real frame
-            h, w = spec.input_size or (480, 640)
+            h, w = spec.input_size or engine["opt_hw"] or (480, 640)
             self.processor.process(np.zeros((h, w, 3), np.uint8))
         qos = qos_from_name(params["output_qos"], params["output_depth"])
         wanted = {"mask": True, "overlay": params["publish_overlay"], "score_map": params["publish_score_map"]}

@@ -3,7 +3,8 @@
 A TensorRT engine is only valid for the exact network, TensorRT version, GPU and build settings it was built with
 ("Version tag does not match" is the classic failure when one of them changes). The key is therefore the SHA-256 of
 the ONNX file, the TensorRT version, the GPU name, the precision and the optimisation-profile shapes. The engine is
-written as ``<onnx stem>.<precision>.<key[:12]>.engine`` plus a JSON sidecar with the full key, atomically; a later
+written as ``<onnx stem>.<precision>.trt<major>.<key[:12]>.engine`` (``model.fp16.trt11.0123456789ab.engine``: the
+TensorRT major version is visible in the name) plus a JSON sidecar with the full key, atomically; a later
 start with the same key loads it, any mismatch (or an unreadable engine) triggers exactly one rebuild. Engines for
 other GPUs or versions in the same folder are left alone (several machines can share a model folder).
 """
@@ -56,13 +57,8 @@ def make_key(
 
 def engine_path(onnx_path: str | os.PathLike[str], key: EngineKey) -> Path:
     onnx_path = Path(onnx_path)
-    return onnx_path.with_name(f"{onnx_path.stem}.{key.precision}.{key.digest()[:12]}.engine")
-
-
-def calibration_cache_path(onnx_path: str | os.PathLike[str], onnx_sha256: str) -> Path:
-    """INT8 calibration cache: depends on the network (and data), not on the GPU, so keyed by the ONNX hash."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(f"{onnx_path.stem}.int8.{onnx_sha256[:12]}.calib")
+    major = re.match(r"\d*", key.tensorrt_version).group(0) or "x"
+    return onnx_path.with_name(f"{onnx_path.stem}.{key.precision}.trt{major}.{key.digest()[:12]}.engine")
 
 
 def load_cached(onnx_path: str | os.PathLike[str], key: EngineKey) -> bytes | None:
@@ -117,7 +113,7 @@ def get_or_build(
 
 def cached_engines(onnx_path: str | os.PathLike[str]) -> list[Path]:
     onnx_path = Path(onnx_path)
-    pattern = re.compile(re.escape(onnx_path.stem) + r"\.(fp32|fp16|int8)\.[0-9a-f]{12}\.engine$")
+    pattern = re.compile(re.escape(onnx_path.stem) + r"\.(fp32|fp16|int8)\.trt(\d+|x)\.[0-9a-f]{12}\.engine$")
     return sorted(p for p in onnx_path.parent.iterdir() if pattern.match(p.name))
 
 

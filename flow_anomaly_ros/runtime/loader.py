@@ -26,6 +26,10 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 
 def _open(kind: str, path: str | os.PathLike[str], device: str, precision: str, **options: object):
+    if kind != "tensorrt":  # engine shape options (camera node, seg build-engine) only concern TensorRT
+        from flow_anomaly_ros.runtime.tensorrt_plan import TENSORRT_ONLY_OPTIONS
+
+        options = {k: v for k, v in options.items() if k not in TENSORRT_ONLY_OPTIONS}
     if kind == "torch":
         from flow_anomaly_ros.runtime.torch_backend import TorchBackend
 

@@ -1,18 +1,20 @@
-"""Native TensorRT backend (TensorRT 10 Python API): engine built from ``model.onnx``, cached, run on CUDA.
+"""Native TensorRT backend (TensorRT 10.x and 11.x Python API): engine built from ``model.onnx``, cached, run on CUDA.
 
-Build (once per ONNX hash × TensorRT version × GPU × precision × shape profile, see :mod:`.engine_cache`):
-``trt.Builder`` → ``create_network(0)`` (explicit batch is the only mode in TensorRT 10) → ``trt.OnnxParser`` →
-builder config with a workspace limit, ``BuilderFlag.FP16`` or ``BuilderFlag.INT8`` (+ FP16 fallback) and an
-optimisation profile for the dynamic ``images`` input → ``build_serialized_network``. INT8 uses an
-``IInt8EntropyCalibrator2`` fed by the shared pre-processing on calibration images, with its calibration cache
-stored next to the ONNX so a rebuild on another GPU skips calibration.
+Build (once per ONNX hash x TensorRT version x GPU x precision x shape profile, see :mod:`.engine_cache`):
+``trt.Builder`` -> ``create_network(flags)`` -> ``trt.OnnxParser`` -> builder config with a workspace limit and an
+optimisation profile for the dynamic ``images`` input -> ``build_serialized_network``. What differs between 10 and
+11 (builder precision flags vs strongly typed networks built from an FP16 / INT8 Q/DQ ONNX) is decided by
+:func:`.tensorrt_plan.build_plan`, and the shape profile by :func:`.tensorrt_plan.engine_profile` from the model's or
+the node's ``input_size`` or the camera resolution; both are plain functions, tested without TensorRT. The version
+is checked on import and named in errors and in the engine cache key and file name.
 
-Run: ``trt.Runtime.deserialize_cuda_engine`` → ``create_execution_context`` → per call ``set_input_shape``,
+Run: ``trt.Runtime.deserialize_cuda_engine`` -> ``create_execution_context`` -> per call ``set_input_shape``,
 ``set_tensor_address`` for input and output, ``execute_async_v3`` on a CUDA stream. Device buffers and the stream
 come from PyTorch (present on every supported target, including JetPack), which avoids a pycuda dependency.
 
-TensorRT cannot be installed on the development machines of this project (no NVIDIA index); this module is written
-against the documented TensorRT 10 API and its tests run where ``import tensorrt`` works.
+TensorRT cannot be installed on the development machines of this project (no NVIDIA GPU); this module is written
+against the TensorRT 10/11 Python bindings (NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``), and its engine tests
+run where ``import tensorrt`` works.
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ from flow_anomaly_ros.runtime import engine_cache
 from flow_anomaly_ros.runtime.base import SegmentationBackend
 from flow_anomaly_ros.runtime.export import INPUT_NAME, OUTPUT_NAME
 from flow_anomaly_ros.runtime.model_files import find_onnx, read_onnx_metadata, spec_from_metadata
-from flow_anomaly_ros.runtime.preprocess import preprocess
+from flow_anomaly_ros.runtime.tensorrt_onnx import onnx_for_variant
+from flow_anomaly_ros.runtime.tensorrt_plan import (
+    PRECISIONS,
+    BuildPlan,
+    Profile,
+    build_plan,
+    engine_profile,
+    shape_hint,
+    spec_with_input_size,
+    tensorrt_major,
+)
 from flow_anomaly_ros.segmentation.spec import SegmentationSpec
 
 LOG = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_BYTES = 2 << 30
-DEFAULT_OPT_HW = (1024, 2048)  # Cityscapes / paper resolution
+__all__ = ["PRECISIONS", "TensorRTBackend", "build_engine_bytes", "engine_key_for"]
 
 
 def _import_tensorrt():
@@ -42,8 +53,10 @@ def _import_tensorrt():
         import tensorrt as trt
     except ImportError as exc:
         raise RuntimeError(
-            f"TensorRT Python package not importable ({exc}); install TensorRT 10 (JetPack or NVIDIA's index)"
+            f"TensorRT Python package not importable ({exc}); install TensorRT 10 or 11 "
+            "(JetPack, or pip install 'tensorrt>=10,<12' on x86_64)"
         ) from exc
+    tensorrt_major(trt.__version__)  # TensorRTVersionError naming the version if unsupported
     return trt
 
 
@@ -56,102 +69,61 @@ def _cuda_device(device: str):
     return dev, torch.cuda.get_device_name(dev)
 
 
-def shape_profile(
-    spec: SegmentationSpec,
+def engine_key_for(
+    onnx_path: str | os.PathLike[str],
+    tensorrt_version: str,
+    gpu_name: str,
+    precision: str = "fp16",
+    input_size: tuple[int, int] | None = None,
     opt_hw: tuple[int, int] | None = None,
     min_hw: tuple[int, int] | None = None,
     max_hw: tuple[int, int] | None = None,
     max_batch: int = 1,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) NCHW shapes of the padded network input; fixed when the model has an ``input_size``."""
-
-    def padded(hw: tuple[int, int]) -> tuple[int, int]:
-        m = spec.pad_multiple
-        return -(-int(hw[0]) // m) * m, -(-int(hw[1]) // m) * m
-
-    if spec.input_size is not None:
-        hw = padded(spec.input_size)
-        return (1, 3, *hw), (1, 3, *hw), (max_batch, 3, *hw)
-    opt = padded(opt_hw or DEFAULT_OPT_HW)
-    lo = padded(min_hw or (min(opt[0], 256), min(opt[1], 256)))
-    hi = padded(max_hw or opt)
-    if not (lo[0] <= opt[0] <= hi[0] and lo[1] <= opt[1] <= hi[1]):
-        raise ValueError(f"shape profile must satisfy min <= opt <= max, got {lo} {opt} {hi}")
-    return (1, 3, *lo), (1, 3, *opt), (max_batch, 3, *hi)
-
-
-class _EntropyCalibrator:
-    """Factory for an ``IInt8EntropyCalibrator2`` subclass (TensorRT is imported only when needed)."""
-
-    @staticmethod
-    def create(trt, spec: SegmentationSpec, images: Iterable[np.ndarray], shape: tuple[int, ...], cache: Path):
-        import torch
-
-        class Calibrator(trt.IInt8EntropyCalibrator2):
-            def __init__(self) -> None:
-                trt.IInt8EntropyCalibrator2.__init__(self)
-                self._images = iter(images)
-                self._buffer = torch.empty(tuple(shape), dtype=torch.float32, device="cuda")
-
-            def get_batch_size(self) -> int:
-                return int(shape[0])
-
-            def get_batch(self, names):  # TensorRT passes the input names
-                batch = []
-                for _ in range(int(shape[0])):
-                    image = next(self._images, None)
-                    if image is None:
-                        return None
-                    batch.append(image)
-                prep = preprocess(np.stack(batch), spec.mean, spec.std, tuple(shape[2:]), spec.pad_multiple)
-                self._buffer.copy_(torch.from_numpy(prep.batch))
-                return [int(self._buffer.data_ptr())]
-
-            def read_calibration_cache(self):
-                return cache.read_bytes() if cache.is_file() else None
-
-            def write_calibration_cache(self, data) -> None:
-                engine_cache.atomic_write_bytes(cache, bytes(data))
-
-        return Calibrator()
+) -> engine_cache.EngineKey:
+    """The cache key an engine for these settings is stored under (what the backend and ``seg build-engine`` use)."""
+    onnx_path = find_onnx(onnx_path)
+    spec = spec_with_input_size(spec_from_metadata(read_onnx_metadata(onnx_path), onnx_path), input_size)
+    build_plan(tensorrt_version, precision)  # unsupported version / precision: the same error as a real build
+    profile = engine_profile(spec, opt_hw, min_hw, max_hw, max_batch)
+    return engine_cache.make_key(onnx_path, tensorrt_version, gpu_name, precision, profile)
 
 
 def build_engine_bytes(
     onnx_path: Path,
-    precision: str,
-    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+    plan: BuildPlan,
+    profile: Profile,
     spec: SegmentationSpec,
     calibration_images: Iterable[np.ndarray] | None = None,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> bytes:
-    """Parse the ONNX file and build a serialised engine with the TensorRT 10 builder."""
+    """Parse the ONNX file (or its FP16 / Q/DQ copy, per ``plan``) and build a serialised engine."""
     trt = _import_tensorrt()
+    source = onnx_for_variant(onnx_path, plan.onnx_variant, spec, calibration_images, tuple(profile[1][2:]))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(source)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors)}")
+        raise RuntimeError(f"TensorRT {plan.version} could not parse {source}: {'; '.join(errors)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_NAME, *profile)
     config.add_optimization_profile(opt_profile)
-    if precision in ("fp16", "int8"):
-        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in later TensorRT 10 releases
-            LOG.warning("this GPU has no fast FP16; building anyway")
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        cache = engine_cache.calibration_cache_path(onnx_path, engine_cache.sha256_file(onnx_path))
-        if calibration_images is None and not cache.is_file():
-            raise ValueError(f"INT8 needs calibration images (or an existing calibration cache {cache})")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _EntropyCalibrator.create(trt, spec, calibration_images or [], profile[1], cache)
-        config.set_calibration_profile(opt_profile)
+    for name in plan.builder_flags:
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is None:
+            raise RuntimeError(f"TensorRT {plan.version} has no BuilderFlag.{name} ({plan.precision} build plan)")
+        config.set_flag(flag)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path} ({precision}); see the log above")
+        raise RuntimeError(
+            f"TensorRT {plan.version} failed to build an engine for {source} ({plan.precision}); see the log above"
+        )
     return bytes(serialized)
 
 
@@ -170,22 +142,24 @@ class TensorRTBackend(SegmentationBackend):
         calibration_images: Iterable[np.ndarray] | None = None,
         force_rebuild: bool = False,
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"tensorrt precision must be one of {PRECISIONS}, got {precision!r}")
         trt = _import_tensorrt()
         import torch
 
+        plan = build_plan(trt.__version__, precision)
         dev, gpu_name = _cuda_device(device)
         onnx_path = find_onnx(path)
-        spec = spec_from_metadata(read_onnx_metadata(onnx_path), onnx_path)
-        profile = shape_profile(spec, opt_hw, min_hw, max_hw, max_batch)
+        spec = spec_with_input_size(spec_from_metadata(read_onnx_metadata(onnx_path), onnx_path), input_size)
+        profile = engine_profile(spec, opt_hw, min_hw, max_hw, max_batch)
         key = engine_cache.make_key(onnx_path, trt.__version__, gpu_name, precision, profile)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with torch.cuda.device(dev):
 
             def build() -> bytes:
-                return build_engine_bytes(onnx_path, precision, profile, spec, calibration_images, workspace_bytes)
+                return build_engine_bytes(onnx_path, plan, profile, spec, calibration_images, workspace_bytes)
 
             def loads(data: bytes) -> bool:
                 return runtime.deserialize_cuda_engine(data) is not None
@@ -195,11 +169,12 @@ class TensorRTBackend(SegmentationBackend):
             )
             self.engine = runtime.deserialize_cuda_engine(data)
             if self.engine is None:
-                raise RuntimeError(f"TensorRT could not deserialise {self.engine_path}")
+                raise RuntimeError(f"TensorRT {trt.__version__} could not deserialise {self.engine_path}")
             self.context = self.engine.create_execution_context()
             self.stream = torch.cuda.Stream(dev)
         super().__init__(spec, str(dev), precision)
-        self.name = f"tensorrt:{gpu_name}:{precision}"
+        self.name = f"tensorrt{plan.major}:{gpu_name}:{precision}"
+        self.tensorrt_version = trt.__version__
         self.profile = profile
         self._torch, self._dev, self._runtime = torch, dev, runtime
 
@@ -215,8 +190,12 @@ class TensorRTBackend(SegmentationBackend):
         torch = self._torch
         lo, _, hi = self.profile
         if not all(a <= b <= c for a, b, c in zip(lo, batch.shape, hi)):
-            raise ValueError(f"input {batch.shape} is outside the engine's shape profile {lo}..{hi}; rebuild it with "
-                             "matching --min-shape/--max-shape or set input_size in the model")  # fmt: skip
+            raise ValueError(
+                f"input {batch.shape} is outside the engine's shape profile {lo}..{hi}: set the camera node's "
+                "input_size (every frame is resized to it) or engine_shape to the camera's [height, width], or "
+                "build with `flow-anomaly seg build-engine MODEL --shape HxW` "
+                f"(this engine: {shape_hint(self.profile)})"
+            )
         with torch.cuda.device(self._dev), torch.cuda.stream(self.stream):
             x = torch.from_numpy(batch).to(self._dev, non_blocking=True)
             self.context.set_input_shape(INPUT_NAME, tuple(batch.shape))

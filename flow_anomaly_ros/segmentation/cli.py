@@ -87,7 +87,13 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("model", type=Path, help="model directory with model.onnx, or an .onnx file")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="default: fp16")
     p.add_argument("--device", default="cuda", help="CUDA device, e.g. cuda:1 (default: cuda)")
-    p.add_argument("--shape", type=_hw, help="optimal input HxW (default: model input_size or 1024x2048)")
+    p.add_argument(
+        "--shape",
+        type=_hw,
+        help="camera resolution HxW (the camera node's engine_shape); the engine takes this size unless "
+        "--min-shape/--max-shape widen it. Default: the model's input_size, else any size 32x32..2160x3840",
+    )
+    p.add_argument("--input-size", type=_hw, help="the camera node's input_size HxW (frames resized to it)")
     p.add_argument("--min-shape", type=_hw, help="smallest input HxW the engine accepts")
     p.add_argument("--max-shape", type=_hw, help="largest input HxW the engine accepts")
     p.add_argument("--max-batch", type=int, default=1, help="largest batch the engine accepts (default: 1)")
@@ -224,6 +230,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_engine_options(args: argparse.Namespace) -> dict[str, object]:
+    """The shape options of ``seg build-engine``, through the function the camera node uses (same cache key)."""
+    from flow_anomaly_ros.runtime.tensorrt_plan import engine_options
+
+    return engine_options(args.input_size, args.shape, args.min_shape, args.max_shape, args.max_batch)
+
+
 def _cmd_build_engine(args: argparse.Namespace) -> int:
     from flow_anomaly_ros.runtime.tensorrt_backend import TensorRTBackend
 
@@ -232,8 +245,8 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
         calib = _calibration_images(args)
     try:
         path = TensorRTBackend.build_only(
-            args.model, device=args.device, precision=args.precision, opt_hw=args.shape, min_hw=args.min_shape,
-            max_hw=args.max_shape, max_batch=args.max_batch, calibration_images=calib, force_rebuild=args.force,
+            args.model, device=args.device, precision=args.precision, calibration_images=calib,
+            force_rebuild=args.force, **build_engine_options(args),
         )  # fmt: skip
     except (RuntimeError, ValueError) as exc:
         raise _user_error(f"cannot build the TensorRT engine: {exc}") from exc
@@ -253,7 +266,7 @@ def _calibration_images(args: argparse.Namespace):
     if args.calib_scenes:
         from flow_anomaly_ros.data.street_scenes import generate_scene
 
-        h, w = args.shape or (512, 1024)
+        h, w = args.input_size or args.shape or (512, 1024)
         return (generate_scene(h, w, seed=i).image for i in range(args.calib_scenes))
     return None  # an existing calibration cache next to the ONNX is used, else a clear error
 
