@@ -24,8 +24,8 @@ setup(
         "numpy>=1.21",
         "scipy>=1.8",
         "scikit-learn>=1.0",
-        "torch>=2.0",
-        "torchvision>=0.15",
+        "torch>=2.5",  # torch.onnx.export(dynamo=...) (runtime/export.py); pip, not the distro python3-torch
+        "torchvision>=0.20",  # the release paired with torch 2.5
         "nflows>=0.14",
         "onnx>=1.14",
         "onnxruntime>=1.16",
@@ -35,7 +35,7 @@ setup(
         "matplotlib>=3.5",
         "tqdm>=4.60",
         "pyyaml>=5.4",
-        "pillow>=9.0",
+        "pillow>=9.1",  # Image.Resampling
     ],
     extras_require={"data": ["gtsam>=4.2", "opendbc>=0.2"], "fast": ["zuko>=1.0"], "evaluation": ["ray>=2.40"]},
     entry_points={
