@@ -100,3 +100,39 @@ def test_colcon_installed_python_package_is_the_hand_written_one(colcon_install:
     result = _run_installed(colcon_install, code)
     assert result.returncode == 0, result.stderr
     assert str(colcon_install) in result.stdout.splitlines()[0]
+
+
+def test_colcon_test_runs_the_pytest_suite(colcon_install: Path):
+    """CMakeLists.txt's BUILD_TESTING block (ament_add_pytest_test): `colcon test` runs test/ with pytest; a subset
+    is chosen through PYTEST_ADDOPTS so that this check stays short (the whole suite runs the same way)."""
+    import xml.etree.ElementTree as ET
+
+    ws = colcon_install.parents[1]
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{VENV / 'bin'}:{env.get('PATH', '')}",
+        CMAKE_PREFIX_PATH=str(VENV),
+        AMENT_PREFIX_PATH=f"{colcon_install}:{VENV}",
+        PYTEST_ADDOPTS="-k 'test_packaging or test_launch_parameters'",
+    )
+    result = subprocess.run(
+        [str(VENV / "bin" / "colcon"), "test", "--base-paths", "src", "--packages-select", "flow_anomaly_ros"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"colcon test failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    xunit = (
+        ws / "build" / "flow_anomaly_ros" / "test_results" / "flow_anomaly_ros" / "flow_anomaly_ros_pytest.xunit.xml"
+    )
+    assert xunit.is_file(), f"no pytest results from colcon test:\n{result.stdout[-3000:]}"
+    suite = ET.parse(xunit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert int(suite.get("tests")) >= 5 and int(suite.get("failures")) == 0 and int(suite.get("errors")) == 0
+    summary = subprocess.run(
+        [str(VENV / "bin" / "colcon"), "test-result", "--test-result-base", "build"], cwd=ws, env=env, text=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert summary.returncode == 0, summary.stdout

@@ -183,7 +183,10 @@ def test_agrees_with_cv_bridge_where_it_imports():
     for encoding in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
         channels = {"mono8": 1, "rgba8": 4, "bgra8": 4}.get(encoding, 3)
         pixels = RGB[:, :, 0].copy() if channels == 1 else np.ascontiguousarray(np.dstack([RGB, RGB])[:, :, :channels])
-        msg = _received(_image(pixels, encoding, pad=2))
+        # cv_bridge (core.py imgmsg_to_cv2, humble..rolling) views the buffer as (height, int(step / itemsize /
+        # channels), channels) and slices :width, so it honours row padding only in whole pixels; a 2-byte pad on
+        # rgb8 shifts its rows. Pad by two whole pixels (any byte count is tested against our reader above).
+        msg = _received(_image(pixels, encoding, pad=2 * channels))
         np.testing.assert_array_equal(image_to_array(msg), bridge.imgmsg_to_cv2(msg))
         ours = array_to_image(pixels, encoding)
         theirs = bridge.cv2_to_imgmsg(pixels, encoding)
