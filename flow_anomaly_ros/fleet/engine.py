@@ -12,9 +12,11 @@ runs 100 bags fetches and unpacks the models once.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 import time
@@ -88,6 +90,7 @@ def _unpack(key: str, ref_box: list[Any] | None) -> str | None:
 
         data = ray.get(ref_box[0])
         root = tempfile.mkdtemp(prefix="fleet-model-")
+        atexit.register(shutil.rmtree, root, True)  # the worker's copy goes when the worker does
         with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
             tar.extractall(root, filter="data")  # refuses absolute paths, links out of the tree, devices
         _UNPACKED[key] = os.path.join(root, "model")
