@@ -260,3 +260,10 @@ def test_fleet_train_features_equal_serial(ray_session, fleet, tmp_path):
     # a corrupt bag stops the training with a message naming it (never a model fitted on fewer bags silently)
     assert main(["fleet", "train", *bags, jobs[4].path, "--quick", "--epochs", "1", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_bag_play_start_is_the_review_commands_option():
+    from flow_anomaly_ros.cli import build_parser
+
+    args = build_parser().parse_args(["bag", "play", "some_bag", "--start", "12.5"])
+    assert args.start_offset == 12.5
