@@ -50,7 +50,7 @@ from flow_anomaly_ros.ros.image_conversion import (
     image_to_rgb,
 )
 from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, Param, run_node
-from flow_anomaly_ros.ros.qos import QOS_NAMES, qos_from_name
+from flow_anomaly_ros.ros.qos import QOS_NAMES, incompatible_publishers, qos_from_name
 from flow_anomaly_ros.runtime.loader import BACKEND_KINDS
 from flow_anomaly_ros.runtime.tensorrt_plan import engine_options
 from flow_anomaly_ros.segmentation.spec import SCORE_METHODS
@@ -75,6 +75,25 @@ def _color_check(value: Any) -> str | None:
     if len(values) != 3 or any(not 0 <= int(v) <= 255 for v in values):
         return "must be [r, g, b] with values 0..255"
     return None
+
+
+def resolve_model_path(model_path: str) -> str:
+    """``model_path`` as given if it is absolute or exists from the working directory, else the same relative path
+    in the installed package share (``ros2 launch`` runs nodes from wherever the user is) or the source tree."""
+    path = Path(model_path).expanduser()
+    if path.is_absolute() or path.exists() or not str(model_path).strip():
+        return model_path
+    roots = [Path(__file__).resolve().parents[2]]  # source tree / editable install
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        roots.insert(0, Path(get_package_share_directory("flow_anomaly_ros")))
+    except Exception:  # not installed with colcon, or AMENT_PREFIX_PATH unset
+        pass
+    for root in roots:
+        if (root / path).exists():
+            return str(root / path)
+    return model_path
 
 
 DERIVED_ONNX = re.compile(r"\.(fp16|int8-qdq)\.[0-9a-f]{12}\.onnx$")  # runtime/tensorrt_onnx.variant_path
@@ -175,6 +194,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         self.processor: FrameProcessor | None = None
         self._pubs: dict[str, Any] = {}
         self._subscription = None
+        self._input: tuple[str, Any] | None = None  # (topic, QoS) of the subscription, for the QoS check
         self._worker: threading.Thread | None = None
         self._running = threading.Event()
         self._mailbox = LatestFrameMailbox()
@@ -210,7 +230,11 @@ class CameraAnomalyNode(ManagedAnomalyNode):
     def configure_core(self, params: dict[str, Any]) -> None:
         from flow_anomaly_ros.runtime import load_backend
 
-        model_path = mirror_model_into(params["model_path"], params["engine_cache_dir"])
+        model_path = mirror_model_into(resolve_model_path(params["model_path"]), params["engine_cache_dir"])
+        self.progress = (
+            f"opening the {params['backend']} backend for {model_path} (building a TensorRT engine takes minutes; "
+            "build it beforehand with `flow-anomaly seg build-engine`)"
+        )
         # input_size and engine_shape shape the TensorRT profile before the engine is built (the same function
         # as `seg build-engine`, so an engine built there is found here)
         engine = engine_options(params["input_size"], params["engine_shape"])
@@ -250,6 +274,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         self._reset_counters()
         qos = qos_from_name(self.params["input_qos"], self.params["input_depth"])
         topic = self.params["image_topic"]
+        self._input = (topic.rstrip("/") + "/compressed" if self.params["transport"] == "compressed" else topic, qos)
         if self.params["transport"] == "compressed":
             self._subscription = self.create_subscription(
                 CompressedImage, topic.rstrip("/") + "/compressed", self._on_image, qos
@@ -270,6 +295,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
+        self._input = None
 
     def cleanup_core(self) -> None:
         for pub in self._pubs.values():
@@ -411,6 +437,17 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             frame_error, last = self.frame_error, self.last_receipt
         if frame_error is not None:
             return Health(ERROR, frame_error, values)
+        if self._input is not None:
+            mismatched = incompatible_publishers(self, *self._input)
+            if mismatched:
+                values["incompatible_publishers"] = "; ".join(mismatched)
+                return Health(
+                    WARN,
+                    f"{len(mismatched)} publisher(s) on {self.resolve_topic_name(self._input[0])} have QoS "
+                    f"incompatible with input_qos={self.params['input_qos']} and deliver nothing (set input_qos: "
+                    f"sensor_data or best_effort for a best-effort driver): {values['incompatible_publishers']}",
+                    values,
+                )
         timeout = float(self.params.get("input_timeout_s", 0.0))
         topic = self.params.get("image_topic", "image")
         if self.params.get("lazy") and not self._wanted():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 
@@ -65,7 +66,10 @@ class DiagnosticsReporter:
         self._callback = callback
         self._hardware_id = hardware_id or node.get_fully_qualified_name()
         self._pub = node.create_publisher(DiagnosticArray, topic, 10)
-        self._timer = node.create_timer(period_s, self.publish, clock=STEADY_CLOCK)
+        # its own callback group: with the multi-threaded executor of run_node, /diagnostics keeps publishing while
+        # a long callback (on_configure building a TensorRT engine for minutes) holds the node's default group
+        self._group = MutuallyExclusiveCallbackGroup()
+        self._timer = node.create_timer(period_s, self.publish, callback_group=self._group, clock=STEADY_CLOCK)
 
     def publish(self) -> None:
         result = self._callback()

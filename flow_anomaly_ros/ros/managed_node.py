@@ -27,7 +27,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from flow_anomaly_ros.ros.diagnostics import ERROR, OK, STEADY_CLOCK, DiagnosticsReporter, Health
+from flow_anomaly_ros.ros.diagnostics import ERROR, OK, STEADY_CLOCK, WARN, DiagnosticsReporter, Health
 
 
 class ParameterError(ValueError):
@@ -98,6 +98,9 @@ COMMON_PARAMS: tuple[Param, ...] = (
 )
 
 
+TRANSITION_STATES = ("configuring", "activating", "deactivating", "cleaningup", "shuttingdown", "errorprocessing")
+
+
 class ManagedAnomalyNode(LifecycleNode):
     """Base lifecycle node: parameter table, validation, autostart with retry, diagnostics."""
 
@@ -113,6 +116,7 @@ class ManagedAnomalyNode(LifecycleNode):
                 ParameterDescriptor(description=p.description, read_only=p.read_only, dynamic_typing=True),
             )
         self.config_error: str | None = None
+        self.progress: str | None = None  # what a running transition is doing (shown on /diagnostics meanwhile)
         self.params: dict[str, Any] = {}
         self.diagnostics = DiagnosticsReporter(
             self, self._diagnostics_items, period_s=self._early_param("diagnostics_period_s")
@@ -174,6 +178,8 @@ class ManagedAnomalyNode(LifecycleNode):
             except Exception as cleanup_exc:
                 self.get_logger().warn(f"cleanup after failed configuration: {cleanup_exc}")
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self.progress = None
         self.config_error = None
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
@@ -205,6 +211,9 @@ class ManagedAnomalyNode(LifecycleNode):
 
     # ----- diagnostics -------------------------------------------------------------------------------------------
     def _diagnostics_items(self) -> Health | list[tuple[str, Health]]:
+        state = self.lifecycle_state
+        if state in TRANSITION_STATES:  # published from the diagnostics callback group while the transition runs
+            return Health(WARN, f"{state}: {self.progress or 'in progress'}", {"lifecycle_state": state})
         if self.config_error is not None:
             return Health(ERROR, f"not configured: {self.config_error}", {"lifecycle_state": self.lifecycle_state})
         if self.lifecycle_state != "active":

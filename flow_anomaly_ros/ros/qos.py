@@ -32,3 +32,31 @@ def qos_from_name(name: str, depth: int | None = None) -> QoSProfile:
     else:
         raise ValueError(f"unknown QoS profile {name!r}; choose one of {', '.join(QOS_NAMES)}")
     return profile
+
+
+def _policy(value) -> str:
+    return getattr(value, "name", str(value)).lower()
+
+
+def incompatible_publishers(node, topic: str, subscription_qos: QoSProfile) -> list[str]:
+    """Why each publisher on ``topic`` cannot deliver to a subscription with ``subscription_qos``.
+
+    A best-effort publisher (``v4l2_camera``, most drivers: sensor-data QoS) never matches a reliable subscription,
+    and DDS says nothing about it: the node just receives no images. This names them for /diagnostics, from the
+    graph (``get_publishers_info_by_topic``) and rclpy's own check (``qos_check_compatible``).
+    """
+    from rclpy.qos import QoSCompatibility, qos_check_compatible
+
+    problems = []
+    for info in node.get_publishers_info_by_topic(node.resolve_topic_name(topic)):
+        compatibility, reason = qos_check_compatible(info.qos_profile, subscription_qos)
+        # ERROR = can never match. WARNING only means a SYSTEM_DEFAULT policy leaves it to the middleware (e.g.
+        # liveliness of any default profile), which matches in practice: not reported
+        if compatibility == QoSCompatibility.ERROR:
+            who = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+            problems.append(
+                f"{who} publishes {_policy(info.qos_profile.reliability)}/{_policy(info.qos_profile.durability)}, "
+                f"subscription is {_policy(subscription_qos.reliability)}/{_policy(subscription_qos.durability)}"
+                + (f" ({reason.strip()})" if reason else "")
+            )
+    return problems
