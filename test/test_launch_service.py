@@ -148,7 +148,8 @@ def _check(result, started, exited, code, nodes):
     assert code == 0, f"LaunchService.run() returned {code} (an exception in the launch description, see log)"
     missing = set(nodes) - result.get("up", set())
     assert not missing, f"nodes never appeared on the graph: {missing}; started {started}, exited {exited}"
-    early = [(n, rc) for n, rc in exited if rc not in (0, -2, -15)]  # after our shutdown: SIGINT/SIGTERM is fine
+    # after our shutdown, SIGINT/SIGTERM are fine: as a signal (-2, -15) or as the CLI's 128 + signal exit codes
+    early = [(n, rc) for n, rc in exited if rc not in (0, -2, -15, 130, 143)]
     assert not early, f"processes failed: {early}"
     return result["params"]
 
@@ -217,3 +218,17 @@ def test_offline_training_launch_starts_the_trainer(launch_env, tmp_path):
     # on the graph = rcl parsed its parameters; not queried (a busy trainer may not answer within the test)
     nodes = {f"/{NS}/synthesis_trainer_node": []}
     _check(*run_launch_file("offline_training.launch.py", {"namespace": NS}, nodes), nodes)
+
+
+def test_composition_interfaces_has_the_fields_launch_ros_uses():
+    """tools/composition_interfaces (verbatim ros2/rcl_interfaces jazzy .srv files, built by tools/setup.sh) has
+    every field launch_ros's LoadComposableNodes reads or writes (a typo there fails only when a load fails)."""
+    from composition_interfaces.srv import ListNodes, LoadNode, UnloadNode
+
+    request, response = LoadNode.Request(), LoadNode.Response()
+    for name in ("package_name", "plugin_name", "node_name", "node_namespace", "log_level", "remap_rules",
+                 "parameters", "extra_arguments"):  # fmt: skip
+        assert hasattr(request, name), name
+    for name in ("success", "error_message", "full_node_name", "unique_id"):
+        assert hasattr(response, name), name
+    assert hasattr(UnloadNode.Response(), "error_message") and hasattr(ListNodes.Response(), "full_node_names")

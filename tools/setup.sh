@@ -63,7 +63,12 @@ build_msgs() {  # $1 = source dir, $2 = build dir name, extra cmake args...
 mkdir -p "$VENV/build"
 echo "setup: building messages (can_msgs, flow_anomaly_ros)"
 if ! "$VENV/bin/python" -c "import can_msgs.msg" 2>/dev/null; then build_msgs tools/can_msgs can_msgs; fi
-if ! "$VENV/bin/python" -c "import composition_interfaces.srv" 2>/dev/null; then
+srv_changed() {  # the installed composition_interfaces was built from other .srv files than tools/ has now
+  local f; for f in tools/composition_interfaces/srv/*.srv; do
+    cmp -s "$f" "$VENV/share/composition_interfaces/srv/$(basename "$f")" || return 0
+  done; return 1
+}
+if ! "$VENV/bin/python" -c "import composition_interfaces.srv" 2>/dev/null || srv_changed; then
   build_msgs tools/composition_interfaces composition_interfaces
 fi
 build_msgs . flow_anomaly_ros -DFLOW_ANOMALY_INSTALL_PYTHON=OFF
