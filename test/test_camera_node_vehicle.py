@@ -126,24 +126,26 @@ def test_relative_model_path_resolves_against_the_package_not_the_working_direct
     from flow_anomaly_ros.ros.camera_node import resolve_model_path
 
     monkeypatch.chdir(tmp_path)  # ros2 launch starts nodes wherever the user is
-    assert resolve_model_path("models/seg_mobilenet") == str(REPO / "models" / "seg_mobilenet")  # source tree
+    assert resolve_model_path("models/seg_base_mobilenet") == str(REPO / "models" / "seg_base_mobilenet")  # source tree
     prefix = tmp_path / "prefix"
     share = prefix / "share" / "flow_anomaly_ros"
     (share / "models").mkdir(parents=True)
-    (share / "models" / "seg_mobilenet").symlink_to(REPO / "models" / "seg_mobilenet")
+    (share / "models" / "seg_base_mobilenet").symlink_to(REPO / "models" / "seg_base_mobilenet")
     marker = prefix / "share" / "ament_index" / "resource_index" / "packages" / "flow_anomaly_ros"
     marker.parent.mkdir(parents=True)
     marker.touch()
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
-    assert resolve_model_path("models/seg_mobilenet") == str(share / "models" / "seg_mobilenet")  # installed share
-    (tmp_path / "models" / "seg_mobilenet").mkdir(parents=True)
-    assert resolve_model_path("models/seg_mobilenet") == "models/seg_mobilenet"  # the working directory wins
+    assert resolve_model_path("models/seg_base_mobilenet") == str(share / "models" / "seg_base_mobilenet")  # installed share
+    (tmp_path / "models" / "seg_base_mobilenet").mkdir(parents=True)
+    assert resolve_model_path("models/seg_base_mobilenet") == "models/seg_base_mobilenet"  # the working directory wins
     assert resolve_model_path("/abs/missing") == "/abs/missing" and resolve_model_path("nope") == "nope"
 
 
 def test_node_configures_with_the_shipped_relative_model_path_from_elsewhere(tmp_path, monkeypatch):
+    # the committed base model: it exists in every clone (models/seg_mobilenet only after make demo); it ships
+    # safetensors without model.onnx, so the torch backend opens it
     monkeypatch.chdir(tmp_path)
-    spinner = _Spinner(lambda ctx: _camera_node(ctx, {"model_path": "models/seg_mobilenet"}))
+    spinner = _Spinner(lambda ctx: _camera_node(ctx, {"model_path": "models/seg_base_mobilenet", "backend": "torch"}))
     try:
         assert spinner.wait(lambda: spinner.node.lifecycle_state == "active", timeout=60.0), spinner.node.config_error
     finally:
