@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ def tiny(work: Path, **overrides) -> JobConfig:
         work_dir=str(work), num_frames=4, scene_height=64, scene_width=128, crop_height=64, crop_width=128,
         patches_per_frame=16, maf_transforms=1, maf_hidden=16, maf_steps=6, maf_batch_size=32,
         maf_checkpoint_every=1, num_negatives=16, synthetic_examples=2, finetune_steps=2, batch_size=2,
-        finetune_checkpoint_every=1, threads=1,
+        finetune_checkpoint_every=1, threads=1, base_model="scratch",
     )  # fmt: skip
     values.update(overrides)
     return JobConfig.from_dict(values)
@@ -233,6 +233,32 @@ def test_every_problem_is_listed_at_once(tmp_path):
         tiny(tmp_path, maf_steps=0, num_negatives=0, temperature=-1.0)
     text = str(info.value)
     assert "maf_steps" in text and "num_negatives" in text and "temperature" in text
+
+
+def test_the_job_fine_tunes_the_shipped_base_by_default(tmp_path):
+    from safetensors.numpy import load_file
+
+    from flow_anomaly_ros.segmentation.base_model import default_base_model
+
+    assert JobConfig.from_dict({"work_dir": str(tmp_path / "x")}).base_model == "shipped"
+    work = tmp_path / "job"
+    values = {f.name: getattr(tiny(work), f.name) for f in fields(JobConfig)}
+    values.pop("base_model")  # the default
+    job = SynthesisJob(JobConfig.from_dict(values))
+    ft = job._finetune_config()
+    assert ft.model.weights == str(default_base_model()) and ft.train.freeze_bn
+    job.run()
+    base = load_file(str(default_base_model() / "weights.safetensors"))
+    tuned = load_file(str(work / "finetune" / "model" / "weights.safetensors"))
+    shared = [k for k in base if k in tuned and k.startswith("backbone") and base[k].ndim == 4]
+    assert shared
+    # two SGD steps from the base: the backbone's convolutions stay next to it (mean change a few % of their mean
+    # magnitude); a network from random weights differs from the base by about 100 %
+    rel = [
+        float(np.mean(np.abs(tuned[k].astype(np.float32) - base[k].astype(np.float32))) / np.mean(np.abs(base[k])))
+        for k in shared
+    ]
+    assert float(np.median(rel)) < 0.1, float(np.median(rel))
 
 
 def test_unlabelled_directory_without_base_model_fails_with_the_remedy(tmp_path):

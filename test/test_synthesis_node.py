@@ -26,6 +26,7 @@ TINY = {
     "patches_per_frame": 16, "maf_transforms": 1, "maf_hidden": 16, "maf_steps": 6, "maf_batch_size": 32,
     "maf_checkpoint_every": 1, "num_negatives": 16, "synthetic_examples": 2, "finetune_steps": 2, "batch_size": 2,
     "finetune_checkpoint_every": 1, "threads": 1, "diagnostics_period_s": 0.5, "status_period_s": 0.5,
+    "base_model": "scratch",
 }  # fmt: skip
 
 

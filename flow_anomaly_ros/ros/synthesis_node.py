@@ -85,10 +85,11 @@ _JOB_DOCS: dict[str, tuple[str, dict[str, Any]]] = {
     "scene_height": ("source=scenes: height of the procedural street scenes", {"min": 32}),
     "scene_width": ("source=scenes: width of the procedural street scenes", {"min": 32}),
     "base_model": (
-        "segmentation model directory to fine-tune (and to pseudo-label unlabelled frames); empty = train from scratch",
+        "segmentation model to fine-tune and to pseudo-label unlabelled frames with: shipped "
+        "(models/seg_base_mobilenet), scratch (random weights, backbone) or a model directory",
         {},
     ),
-    "backbone": ("DeepLabV3 backbone when base_model is empty", {"choices": BACKBONES}),
+    "backbone": ("DeepLabV3 backbone when base_model is scratch", {"choices": BACKBONES}),
     "patch_size": ("side of the square inlier patches the MAF models (8 keeps sampling cheap)", {"min": 2}),
     "patches_per_frame": ("random patches taken from each gathered frame", {"min": 1}),
     "patch_scale": ("patches are cut at patch_size*patch_scale pixels and resized to patch_size", {"min": 0.01}),

@@ -107,6 +107,20 @@ def ship_base_model(
     return save_model_dir(out, MODEL_KIND, tensors, extra)
 
 
+SHIPPED = "shipped"  # the base model choice that means models/seg_base_mobilenet
+SCRATCH = "scratch"  # the choice that means random weights (training from scratch)
+
+
+def resolve_base_choice(choice: str) -> Path | None:
+    """One meaning of a ``base_model`` setting everywhere: ``shipped`` -> the shipped base (checked), ``scratch`` or
+    empty -> None (train from scratch), anything else -> that model directory."""
+    if choice in ("", SCRATCH):
+        return None
+    if choice == SHIPPED:
+        return require_base_model(default_base_model())
+    return Path(choice)
+
+
 def require_base_model(path: str | os.PathLike[str]) -> Path:
     """``path`` if it is a loadable segmentation model directory, else a clear error saying how to get one."""
     from flow_anomaly_ros.model_store import read_manifest

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from flow_anomaly_ros.model_store import atomic_write_bytes, atomic_write_json
+from flow_anomaly_ros.segmentation.base_model import SCRATCH, resolve_base_choice
 from flow_anomaly_ros.synthesis.sampling_defaults import (
     DEFAULT_HIGH_QUANTILE,
     DEFAULT_LOW_QUANTILE,
@@ -75,8 +76,10 @@ class JobConfig:
     gather_timeout_s: float = 600.0  # topic: fail if the frames do not arrive within this time
     scene_height: int = 128
     scene_width: int = 256
-    base_model: str = ""  # segmentation model dir to start from (and to pseudo-label unlabeled frames)
-    backbone: str = "mobilenet_v3_large"  # used when base_model is empty (training from scratch)
+    # segmentation model to start from and to pseudo-label unlabelled frames with: shipped (models/seg_base_mobilenet,
+    # the default), scratch (random weights, `backbone`) or a model directory
+    base_model: str = "shipped"
+    backbone: str = "mobilenet_v3_large"  # used when base_model is scratch
     patch_size: int = 8
     patches_per_frame: int = 64
     patch_scale: float = 1.0
@@ -118,6 +121,10 @@ class JobConfig:
             raise ValueError("invalid job settings: " + "; ".join(problems))
         return cfg
 
+    @property
+    def from_scratch(self) -> bool:
+        return self.base_model in ("", SCRATCH)
+
     def problems(self) -> list[str]:
         """Every problem with these settings (empty when valid)."""
         out = []
@@ -140,11 +147,11 @@ class JobConfig:
             out.append("quantiles must satisfy 0 <= low_quantile < high_quantile <= 1")
         if self.temperature <= 0 or self.maf_lr <= 0 or self.lr <= 0 or self.patch_scale <= 0:
             out.append("temperature, maf_lr, lr and patch_scale must be > 0")
-        if not self.base_model and self.batch_size < 2:
+        if self.from_scratch and self.batch_size < 2:
             out.append("batch_size must be >= 2 when training from scratch (BatchNorm statistics are trained)")
-        if self.source in ("topic", "bag") and not self.base_model:
-            out.append(f"source={self.source} gives frames without labels: set base_model (a segmentation model "
-                       "directory) for pseudo-labels")  # fmt: skip
+        if self.source in ("topic", "bag") and self.from_scratch:
+            out.append(f"source={self.source} gives frames without labels: set base_model (shipped or a "
+                       "segmentation model directory) for pseudo-labels")  # fmt: skip
         if self.gather_timeout_s <= 0:
             out.append("gather_timeout_s must be > 0")
         if self.engine_precision not in ("fp32", "fp16", "int8"):
@@ -342,15 +349,16 @@ class SynthesisJob:
         return {"frames": count, "pseudo_labelled": pseudo_labelled}
 
     def _pseudo_labeller(self) -> Callable[[np.ndarray], np.ndarray]:
-        if not self.config.base_model:
+        base = resolve_base_choice(self.config.base_model)
+        if base is None:
             raise ValueError(
-                "frames without labels need base_model (a segmentation model directory) for pseudo-labels; "
-                "set base_model, or use labelled frames (Cityscapes layout or source=scenes)"
+                "frames without labels need base_model (shipped or a segmentation model directory) for "
+                "pseudo-labels; set base_model, or use labelled frames (Cityscapes layout or source=scenes)"
             )
         from flow_anomaly_ros.runtime.preprocess import resize_map
         from flow_anomaly_ros.runtime.torch_backend import TorchBackend
 
-        backend = TorchBackend.from_path(self.config.base_model)
+        backend = TorchBackend.from_path(base)
         k = backend.spec.num_inlier_classes
 
         def label(image: np.ndarray) -> np.ndarray:
@@ -451,20 +459,21 @@ class SynthesisJob:
 
         c = self.config
         backbone = c.backbone
-        if c.base_model:
+        base = resolve_base_choice(c.base_model)
+        if base is not None:
             from flow_anomaly_ros.model_store import read_manifest
 
-            backbone = read_manifest(c.base_model).get("backbone", backbone)
+            backbone = read_manifest(base).get("backbone", backbone)
         return FinetuneConfig.from_dict(
             {
-                "model": {"backbone": backbone, "weights": c.base_model or None,
+                "model": {"backbone": backbone, "weights": str(base) if base else None,
                           "input_size": [c.crop_height, c.crop_width]},
                 "data": {"source": "cityscapes", "root": str(self.work / "dataset"), "split": "train",
                          "crop": [c.crop_height, c.crop_width], "seed": c.seed},
                 "patches": {"source": "npz", "path": str(self.work / "negatives.npz"), "patch_size": c.patch_size,
                             "per_image": c.patches_per_image},
                 "train": {"steps": c.finetune_steps, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed,
-                          "threads": c.threads, "freeze_bn": bool(c.base_model)},
+                          "threads": c.threads, "freeze_bn": base is not None},
                 "validation": {"every": c.finetune_steps, "num_images": 2, "size": [c.crop_height, c.crop_width]},
                 "output": {"dir": str(self.work / "finetune"), "checkpoint_every": c.finetune_checkpoint_every,
                            "resume": True},
@@ -508,8 +517,8 @@ class SynthesisJob:
         if not self.config.build_engine or not self.config.export_onnx:
             return {"skipped": "build_engine is false"}
         if importlib.util.find_spec("tensorrt") is None:
-            return {"skipped": "TensorRT is not importable on this machine; build the engine on the target "
-                               "(the camera node does it on first start, or `flow-anomaly seg engine`)"}  # fmt: skip
+            return {"skipped": "TensorRT is not importable on this machine; build the engine on the target (the "
+                               "camera node does it on first start, or `flow-anomaly seg build-engine`)"}  # fmt: skip
         from flow_anomaly_ros.runtime.loader import load_backend
 
         backend = load_backend("tensorrt", self.work / "finetune" / "model", device="cuda",
