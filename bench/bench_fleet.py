@@ -45,7 +45,7 @@ def make_bags(root: Path, n: int, duration_s: float) -> list[Path]:
 
 def train(bag: Path, out: Path) -> Path:
     from flow_anomaly_ros.timeseries.bag_training import train_from_bags
-    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES
+    from flow_anomaly_ros.timeseries.experiment import QUICK_OVERRIDES
     from flow_anomaly_ros.timeseries.signals import default_config
 
     config, doc = default_config()

@@ -89,8 +89,8 @@ def main() -> int:
     args = parser(__doc__.splitlines()[0]).parse_args()
     import torch
 
-    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES
     from flow_anomaly_ros.timeseries.detectors import detector_names, make_detector
+    from flow_anomaly_ros.timeseries.experiment import QUICK_OVERRIDES
     from flow_anomaly_ros.timeseries.signals import default_config
 
     duration = 90.0 if args.quick else 200.0

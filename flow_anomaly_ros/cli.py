@@ -29,6 +29,17 @@ class UserError(RuntimeError):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse ``type=`` for ``HEIGHTxWIDTH`` sizes (``128x256`` -> ``(128, 256)``), shared by every group."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 128x256, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flow-anomaly",

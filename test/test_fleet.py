@@ -49,7 +49,7 @@ def fleet(tmp_path_factory):
     from flow_anomaly_ros.fleet.bag_eval import FleetModels
     from flow_anomaly_ros.fleet.inputs import jobs_from_paths
     from flow_anomaly_ros.timeseries.bag_training import train_from_bags
-    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES
+    from flow_anomaly_ros.timeseries.experiment import QUICK_OVERRIDES
     from flow_anomaly_ros.timeseries.signals import default_config
 
     root = tmp_path_factory.mktemp("fleet") / "drives"

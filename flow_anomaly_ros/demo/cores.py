@@ -36,6 +36,26 @@ class DemoModels:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class WindowScores:
+    """Per-window outputs of one time-series detector (arrays of equal length, stamps in seconds)."""
+
+    start_s: np.ndarray
+    end_s: np.ndarray
+    score: np.ndarray
+    threshold: np.ndarray
+    is_anomaly: np.ndarray
+    status: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[float, float, float, float, bool, int]]) -> WindowScores:
+        a = np.array(rows, dtype=np.float64).reshape(-1, 6)
+        return cls(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4].astype(bool), a[:, 5].astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Time series
 # --------------------------------------------------------------------------------------------------------------
@@ -47,7 +67,6 @@ def score_recording(model_dir: str | Path, recording: Any) -> Any:
     Scores and thresholds are rounded to float32, as ``AnomalyScore`` carries them, so that offline and live
     metrics are computed from the same numbers.
     """
-    from flow_anomaly_ros.demo.evaluate import WindowScores
     from flow_anomaly_ros.timeseries.pipeline import score_recording as _score
 
     results = _score(model_dir, recording)

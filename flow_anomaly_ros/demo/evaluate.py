@@ -27,30 +27,11 @@ import numpy as np
 
 from flow_anomaly_ros.data.bags import BagReader
 from flow_anomaly_ros.demo import cores
+from flow_anomaly_ros.demo.cores import WindowScores
 from flow_anomaly_ros.demo.recording import load_camera_labels, load_ground_truth
-from flow_anomaly_ros.timeseries.pipeline import INVALID_INPUT, STALE_INPUT
+from flow_anomaly_ros.timeseries.status import INVALID_INPUT, OK, STALE_INPUT
 
 NS = 1_000_000_000
-
-
-@dataclass
-class WindowScores:
-    """Per-window outputs of one time-series detector (arrays of equal length, stamps in seconds)."""
-
-    start_s: np.ndarray
-    end_s: np.ndarray
-    score: np.ndarray
-    threshold: np.ndarray
-    is_anomaly: np.ndarray
-    status: np.ndarray
-
-    @classmethod
-    def from_rows(cls, rows: list[tuple[float, float, float, float, bool, int]]) -> WindowScores:
-        a = np.array(rows, dtype=np.float64).reshape(-1, 6)
-        return cls(a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4].astype(bool), a[:, 5].astype(np.int64))
-
-    def __len__(self) -> int:
-        return len(self.score)
 
 
 @dataclass
@@ -217,7 +198,7 @@ def _ts_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, str]
             "imu_sources": ["imu"],
             "can_topic": topics["can"],
             "input_qos": "reliable",
-            "input_qos_depth": 1000,
+            "input_qos_depth": 10000,  # ~10 s of the bag's messages: a starved node catches up instead of losing
             "output_qos": "reliable",
             "output_qos_depth": 1000,
             "retry_period_s": 0.0,
@@ -244,7 +225,10 @@ def _camera_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, 
             "publish_score_map": True,
             "output_depth": 100,
             "input_qos": "reliable",
-            "input_depth": 1,
+            # evaluation: every frame counts, so frames wait in order instead of the newest replacing them (a CPU
+            # stall on a loaded machine otherwise drops frames the offline path scores)
+            "input_depth": 32,
+            "pending_frames": 32,
         },
     )
 
@@ -418,8 +402,11 @@ def agreement(offline: Evaluation, live: Evaluation) -> dict[str, Any]:
         if pairs:
             i, j = (np.array(x) for x in zip(*pairs, strict=True))
             a, b = off.score[i], on.score[j]
-            both = np.isfinite(a) & np.isfinite(b)
+            # only OK scores are measurements (AnomalyScore.msg): a window the node marked degraded keeps the score
+            # of its incomplete input, which is compared nowhere
+            both = np.isfinite(a) & np.isfinite(b) & (off.status[i] == OK) & (on.status[j] == OK)
             out["max_abs_score_diff"] = float(np.max(np.abs(a[both] - b[both]))) if both.any() else 0.0
+            out["windows_ok_in_both"] = int(np.sum((off.status[i] == OK) & (on.status[j] == OK)))
             out["score_nan_pattern_equal"] = bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
             out["decision_agreement"] = float(np.mean(off.is_anomaly[i] == on.is_anomaly[j]))
             out["status_agreement"] = float(np.mean(off.status[i] == on.status[j]))

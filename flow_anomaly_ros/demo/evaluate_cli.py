@@ -26,22 +26,22 @@ def _models(args: argparse.Namespace):
 
 
 def _print_metrics(ev) -> None:
-    from flow_anomaly_ros.demo.report import _fmt, _scalar_items
+    from flow_anomaly_ros.demo.report import fmt_value, scalar_items
 
     print(f"{ev.mode} evaluation of {ev.bag} ({ev.wall_s:.1f} s)")
     for name, m in ev.metrics.get("timeseries", {}).items():
-        print(f"  time series {name:12s} " + "  ".join(f"{k}={_fmt(v)}" for k, v in _scalar_items(m).items()))
-    cam = _scalar_items(ev.metrics.get("camera", {}))
-    print("  camera                " + "  ".join(f"{k}={_fmt(v)}" for k, v in cam.items()))
+        print(f"  time series {name:12s} " + "  ".join(f"{k}={fmt_value(v)}" for k, v in scalar_items(m).items()))
+    cam = scalar_items(ev.metrics.get("camera", {}))
+    print("  camera                " + "  ".join(f"{k}={fmt_value(v)}" for k, v in cam.items()))
     for row in ev.latency:
         print(
-            f"  latency {row['stage']}: p50 {_fmt(row['p50_ms'])} ms, p99 {_fmt(row['p99_ms'])} ms (n={row['count']})"
+            f"  latency {row['stage']}: p50 {fmt_value(row['p50_ms'])} ms, p99 {fmt_value(row['p99_ms'])} ms (n={row['count']})"
         )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flow_anomaly_ros.demo.evaluate import evaluate_live, evaluate_offline
-    from flow_anomaly_ros.demo.report import _json_default
+    from flow_anomaly_ros.demo.report import json_default
 
     bag = Path(args.bag)
     if not bag.exists():
@@ -54,7 +54,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _print_metrics(ev)
     if args.json:
         out = {"mode": ev.mode, "metrics": ev.metrics, "latency": ev.latency, "counts": ev.counts}
-        Path(args.json).write_text(json.dumps(out, indent=1, default=_json_default))
+        Path(args.json).write_text(json.dumps(out, indent=1, default=json_default))
         print(f"metrics written to {args.json}", file=sys.stderr)
     return 0
 

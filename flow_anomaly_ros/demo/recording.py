@@ -31,6 +31,7 @@ import numpy as np
 from flow_anomaly_ros.data.bags import BagWriter, make_qos
 from flow_anomaly_ros.demo import config as C
 from flow_anomaly_ros.demo.config import DemoConfig
+from flow_anomaly_ros.demo.timeseries_source import TimeseriesStreams, build_streams
 
 GROUND_TRUTH_FILE = "ground_truth.json"
 CAMERA_LABELS_FILE = "camera_labels.npz"
@@ -61,21 +62,6 @@ def local_to_geodetic(
     lat = lat0_deg + np.degrees(xyz[:, 1] / (m + alt0_m))
     lon = lon0_deg + np.degrees(xyz[:, 0] / ((n + alt0_m) * math.cos(lat0)))
     return np.stack([lat, lon, alt0_m + xyz[:, 2]], axis=1)
-
-
-@dataclass
-class TimeseriesStreams:
-    """The time-series part of the demo recording, already injected, in bag time (seconds since the epoch)."""
-
-    imu_t: np.ndarray  # (N,)
-    accel: np.ndarray  # (N, 3) m/s^2
-    gyro: np.ndarray  # (N, 3) rad/s
-    can: list[tuple[float, int, bytes, int, bool, bool]]  # the core's CAN events
-    gps_t: np.ndarray  # (M,)
-    gps_xyz: np.ndarray  # (M, 3) local metres
-    labels: list[dict[str, Any]]  # {"stream", "kind", "start_s", "end_s", "severity", ...}
-    provenance: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,9 +190,7 @@ def timeseries_streams(cfg: DemoConfig) -> TimeseriesStreams:
     Integration point with the time-series core (issue 3): loading, CAN generation and injection all come from
     ``flow_anomaly_ros.data`` so that the demo, ``flow-anomaly ts`` and the node see the same data.
     """
-    from flow_anomaly_ros.demo import timeseries_source
-
-    return timeseries_source.build_streams(cfg)
+    return build_streams(cfg)
 
 
 def make_demo_bag(

@@ -24,7 +24,8 @@ NS = 1_000_000_000
 _STREAM_COLORS = {"imu": "#d62728", "can": "#ff7f0e", "gps": "#9467bd", "camera": "#2ca02c"}
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
+    """A metric as the report and ``flow-anomaly evaluate`` print it (3 decimals, yes/no, – for NaN)."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
@@ -34,9 +35,9 @@ def _fmt(v: Any) -> str:
             return "–"
         return f"{float(v):.3f}" if abs(float(v)) < 1000 else f"{float(v):.0f}"
     if isinstance(v, dict):
-        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+        return ", ".join(f"{k}: {fmt_value(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
+        return ", ".join(fmt_value(x) for x in v)
     return str(v)
 
 
@@ -48,12 +49,13 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) 
         columns = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(fmt_value(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _scalar_items(d: dict[str, Any]) -> dict[str, Any]:
+def scalar_items(d: dict[str, Any]) -> dict[str, Any]:
+    """The numeric entries of a metrics dict (the table columns)."""
     return {k: v for k, v in d.items() if isinstance(v, (int, float, bool, np.integer, np.floating))}
 
 
@@ -306,15 +308,15 @@ def _headline(offline: Any, live: Any | None, det: str) -> str:
     parts = []
     if m:
         parts.append(
-            f"time series ({det}, {mode}): event recall {_fmt(m.get('event_recall', float('nan')))} "
-            f"of {_fmt(m.get('events', 0))} injected faults, ROC-AUC {_fmt(m.get('roc_auc', float('nan')))}, "
-            f"AP {_fmt(m.get('ap', float('nan')))}, mean detection delay {_fmt(m.get('mean_delay_s', float('nan')))} s"
+            f"time series ({det}, {mode}): event recall {fmt_value(m.get('event_recall', float('nan')))} "
+            f"of {fmt_value(m.get('events', 0))} injected faults, ROC-AUC {fmt_value(m.get('roc_auc', float('nan')))}, "
+            f"AP {fmt_value(m.get('ap', float('nan')))}, mean detection delay {fmt_value(m.get('mean_delay_s', float('nan')))} s"
         )
     if cam:
         parts.append(
-            f"camera ({mode}): pixel AP {_fmt(cam.get('ap', float('nan')))}, AUROC "
-            f"{_fmt(cam.get('auroc', float('nan')))}, FPR95 {_fmt(cam.get('fpr95', float('nan')))}, anomalous frames "
-            f"found {_fmt(cam.get('frame_recall', float('nan')))} (precision {_fmt(cam.get('frame_precision', 0.0))})"
+            f"camera ({mode}): pixel AP {fmt_value(cam.get('ap', float('nan')))}, AUROC "
+            f"{fmt_value(cam.get('auroc', float('nan')))}, FPR95 {fmt_value(cam.get('fpr95', float('nan')))}, anomalous frames "
+            f"found {fmt_value(cam.get('frame_recall', float('nan')))} (precision {fmt_value(cam.get('frame_precision', 0.0))})"
         )
     return "<p><b>Headline.</b> " + html.escape("; ".join(parts)) + ".</p>" if parts else ""
 
@@ -371,20 +373,20 @@ def write_report(
     frame_rows = plot_camera_frames(out_dir / "camera_frames.png", bag, truth, shown.camera, labels)
     plot_camera_scores(out_dir / "camera_scores.png", truth, shown.camera, labels)
 
-    det_rows = [{"detector": n, **_scalar_items(m)} for n, m in ts_metrics.items()]
+    det_rows = [{"detector": n, **scalar_items(m)} for n, m in ts_metrics.items()]
     per_kind = []
     for n, m in ts_metrics.items():
         recall, auc = m.get("per_fault_recall") or {}, m.get("per_fault_auc") or {}
         for kind in sorted(set(recall) | set(auc)):
             per_kind.append({"detector": n, "fault type": kind, "event recall": recall.get(kind, float("nan")),
                              "ROC-AUC (fault windows vs clean)": auc.get(kind, float("nan"))})  # fmt: skip
-    cam_rows = [{"evaluation": "offline", **_scalar_items(offline.metrics.get("camera", {}))}]
+    cam_rows = [{"evaluation": "offline", **scalar_items(offline.metrics.get("camera", {}))}]
     ts_live_rows = []
     if live is not None:
-        cam_rows.append({"evaluation": "live (DDS)", **_scalar_items(live.metrics.get("camera", {}))})
+        cam_rows.append({"evaluation": "live (DDS)", **scalar_items(live.metrics.get("camera", {}))})
         for mode, ev in (("offline", offline), ("live (DDS)", live)):
             m = ev.metrics.get("timeseries", {}).get(det, {})
-            ts_live_rows.append({"evaluation": mode, "detector": det, **_scalar_items(m)})
+            ts_live_rows.append({"evaluation": mode, "detector": det, **scalar_items(m)})
     latency_rows = [{"evaluation": "offline", **r} for r in offline.latency]
     if live is not None:
         latency_rows += [{"evaluation": "live (DDS)", **r} for r in live.latency]
@@ -466,13 +468,14 @@ def write_report(
                 "timings": timings,
             },
             indent=1,
-            default=_json_default,
+            default=json_default,
         )
     )
     return index
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=)`` for numpy scalars and arrays (anything else as its str)."""
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -14,13 +14,13 @@ no node scores them.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flow_anomaly_ros.demo.config import DemoConfig
-from flow_anomaly_ros.demo.recording import TimeseriesStreams
 
 # Bag time = drive time + this epoch (2011-09-30 00:00:00 UTC, during the KITTI raw recordings), so stamps look
 # like real ROS times and never start at 0.
@@ -29,6 +29,21 @@ GPS_JUMP_M = (25.0, 60.0)  # horizontal jump size range
 GPS_JUMP_S = (3.0, 8.0)  # duration range
 FAULT_LEAD_S = 3.0  # clean driving before the first fault (the first 2 s window must fill)
 FAULT_SLOT_S = 7.5  # one fault per slot: 3 s fault + clean gaps (schedule_faults needs >= 7 s)
+
+
+@dataclass
+class TimeseriesStreams:
+    """The time-series part of the demo recording, already injected, in bag time (seconds since the epoch)."""
+
+    imu_t: np.ndarray  # (N,)
+    accel: np.ndarray  # (N, 3) m/s^2
+    gyro: np.ndarray  # (N, 3) rad/s
+    can: list[tuple[float, int, bytes, int, bool, bool]]  # the core's CAN events
+    gps_t: np.ndarray  # (M,)
+    gps_xyz: np.ndarray  # (M, 3) local metres
+    labels: list[dict[str, Any]]  # {"stream", "kind", "start_s", "end_s", "severity", ...}
+    provenance: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _split_bounds(doc: dict[str, Any], t_end: float) -> dict[str, tuple[float, float]]:
@@ -151,7 +166,7 @@ def training_features(
     """Window features of the clean train and calibrate splits, exactly as ``flow-anomaly ts train`` makes them
     (computed once per process and shared by every detector)."""
     from flow_anomaly_ros.data.timeseries_dataset import DEFAULT_SPLIT, build_dataset
-    from flow_anomaly_ros.timeseries.experiment import dataset_params, featurize_dataset
+    from flow_anomaly_ros.timeseries.experiment import dataset_params, featurize_dataset, train_stride
     from flow_anomaly_ros.timeseries.signals import default_config
 
     pcfg, doc = default_config()
@@ -161,18 +176,17 @@ def training_features(
         split.update({k: v for k, v in (("train", train_split), ("calibrate", calibrate_split)) if v})
         params["split"] = split
     ds = build_dataset(pcfg, **params)
-    stride = float(doc.get("split", {}).get("train_stride_s", pcfg.stride_s))
-    return pcfg, featurize_dataset(pcfg, ds, train_stride_s=stride), {"doc": doc, "data": ds.meta}
+    feats = featurize_dataset(pcfg, ds, train_stride_s=train_stride(pcfg, doc))
+    return pcfg, feats, {"doc": doc, "data": ds.meta}
 
 
 def train_detector(cfg: DemoConfig, detector: str, out: Path) -> Path:
     """Fit ``detector`` (parameters from config/timeseries_model.yaml) on the clean train split, calibrate its
     threshold on the calibrate split and save the model directory: the steps of ``flow-anomaly ts train``."""
-    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES
-    from flow_anomaly_ros.timeseries.experiment import fit_model
+    from flow_anomaly_ros.timeseries.experiment import detector_params, fit_model
 
     pcfg, feats, info = training_features(cfg.ts_train_split, cfg.ts_calibrate_split)
-    params = dict(QUICK_OVERRIDES.get(detector, {})) if cfg.ts_quick else {}
+    params = detector_params(detector, cfg.ts_quick)
     model = fit_model(pcfg, feats, detector, info["doc"], params, progress=True, threads=1)
     training = {
         "data": info["data"],

@@ -68,16 +68,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flow_anomaly_ros.fleet.inputs import FleetInputError, collect_jobs
     from flow_anomaly_ros.fleet.train import train_fleet
     from flow_anomaly_ros.timeseries.bag_training import BagTrainingError, imu_topic_map, resolve_config_dbc
-    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES, _load_config
+    from flow_anomaly_ros.timeseries.cli_common import load_config
+    from flow_anomaly_ros.timeseries.experiment import detector_params
 
     try:
         bags = [j.path for j in collect_jobs(args.bags, args.manifest)]
     except FleetInputError as exc:
         raise UserError(str(exc)) from exc
-    config, doc = _load_config(args.config)
-    params = dict(QUICK_OVERRIDES.get(args.detector, {})) if args.quick else {}
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
+    config, doc = load_config(args.config)
+    params = detector_params(args.detector, args.quick, args.epochs)
     try:
         config = resolve_config_dbc(config, args.config)
         topics = imu_topic_map(args.imu_topic, config)

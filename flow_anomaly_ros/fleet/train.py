@@ -69,10 +69,10 @@ def fleet_features(
 
     from flow_anomaly_ros.fleet.engine import connect
     from flow_anomaly_ros.timeseries.bag_training import BagTrainingError, split_fractions
-    from flow_anomaly_ros.timeseries.experiment import DatasetFeatures
+    from flow_anomaly_ros.timeseries.experiment import DatasetFeatures, train_stride
 
     fractions = split_fractions(doc)
-    stride = float((doc.get("split") or {}).get("train_stride_s", config.stride_s))
+    stride = train_stride(config, doc)
     owned = connect(address, workers)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(_task)

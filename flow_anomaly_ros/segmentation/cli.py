@@ -23,15 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
+from flow_anomaly_ros.cli import size_arg
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
@@ -45,7 +37,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p = sub.add_parser("init", help="create a model directory (backbone + optional local checkpoint)")
     p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE, help=f"default: {DEFAULT_BACKBONE}")
     p.add_argument("--weights", type=Path, help="local checkpoint (.pth/.pt/.safetensors or model dir)")
-    p.add_argument("--input-size", type=_hw, help="fixed network input HxW (images are resized); default: native")
+    p.add_argument("--input-size", type=size_arg, help="fixed network input HxW (images are resized); default: native")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.set_defaults(func=_cmd_init)
 
@@ -80,7 +72,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--out", type=Path, help="ONNX file (default: MODEL/model.onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17; TensorRT 8.5/8.6 needs <= 17)")
     p.add_argument("--verify", action="store_true", help="compare ONNX Runtime with torch on street scenes")
-    p.add_argument("--verify-size", type=_hw, default=(128, 256), help="HxW of the --verify scenes (default: 128x256)")
+    p.add_argument(
+        "--verify-size", type=size_arg, default=(128, 256), help="HxW of the --verify scenes (default: 128x256)"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("build-engine", help="build the cached TensorRT engine for MODEL and exit (GPU machine)")
@@ -89,13 +83,13 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--device", default="cuda", help="CUDA device, e.g. cuda:1 (default: cuda)")
     p.add_argument(
         "--shape",
-        type=_hw,
+        type=size_arg,
         help="camera resolution HxW (the camera node's engine_shape); the engine takes this size unless "
         "--min-shape/--max-shape widen it. Default: the model's input_size, else any size 32x32..2160x3840",
     )
-    p.add_argument("--input-size", type=_hw, help="the camera node's input_size HxW (frames resized to it)")
-    p.add_argument("--min-shape", type=_hw, help="smallest input HxW the engine accepts")
-    p.add_argument("--max-shape", type=_hw, help="largest input HxW the engine accepts")
+    p.add_argument("--input-size", type=size_arg, help="the camera node's input_size HxW (frames resized to it)")
+    p.add_argument("--min-shape", type=size_arg, help="smallest input HxW the engine accepts")
+    p.add_argument("--max-shape", type=size_arg, help="largest input HxW the engine accepts")
     p.add_argument("--max-batch", type=int, default=1, help="largest batch the engine accepts (default: 1)")
     p.add_argument("--calib-images", type=Path, help="INT8: folder of calibration images (jpg/png)")
     p.add_argument("--calib-scenes", type=int, default=0, help="INT8: use N procedural street scenes instead")
@@ -110,7 +104,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         help="street_scenes | cityscapes:ROOT (mIoU) | benchmark:ROOT (SMIYC/RoadAnomaly/Fishyscapes)",
     )
     p.add_argument("--num", type=int, default=16, help="images to evaluate (street scenes: generated; default: 16)")
-    p.add_argument("--size", type=_hw, default=(256, 512), help="street-scene HxW (default: 256x512)")
+    p.add_argument("--size", type=size_arg, default=(256, 512), help="street-scene HxW (default: 256x512)")
     p.add_argument("--seed", type=int, default=10_000, help="street-scene seed (default: 10000)")
     p.add_argument(
         "--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="default: auto"
@@ -129,7 +123,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p = sub.add_parser("scenes", help="write procedural street scenes (plain or in a benchmark layout)")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
     p.add_argument("--num", type=int, default=8, help="number of scenes (default: 8)")
-    p.add_argument("--size", type=_hw, default=(256, 512), help="HxW (default: 256x512)")
+    p.add_argument("--size", type=size_arg, default=(256, 512), help="HxW (default: 256x512)")
     p.add_argument("--anomalies", type=int, default=1, help="anomalous objects per scene")
     p.add_argument("--layout", default="plain",
                    choices=("plain", "cityscapes", "smiyc", "road_anomaly", "fishyscapes"),

@@ -22,17 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from flow_anomaly_ros.cli import size_arg
+
 DEFAULT_SCENE_SIZE = "128x256"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 128x256, got {text!r}") from exc
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +33,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--bag", metavar="BAG", help="rosbag2 (MCAP or SQLite3) with an image topic")
     src.add_argument("--topic", metavar="TOPIC", help="image topic in --bag (default: the only image topic)")
     src.add_argument("--scenes", type=int, metavar="N", help="N procedural anomaly-free street scenes")
-    src.add_argument("--scene-size", type=_size, default=DEFAULT_SCENE_SIZE, metavar="HxW", help="procedural size")
+    src.add_argument("--scene-size", type=size_arg, default=DEFAULT_SCENE_SIZE, metavar="HxW", help="procedural size")
     src.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N frames")
 
 

@@ -574,7 +574,7 @@ def _cmd_effect(args: argparse.Namespace) -> int:
 
 
 def register_effect(verbs: argparse._SubParsersAction, common) -> None:
-    from flow_anomaly_ros.synthesis.cli import _size
+    from flow_anomaly_ros.cli import size_arg
 
     p = verbs.add_parser(
         "effect",
@@ -584,7 +584,7 @@ def register_effect(verbs: argparse._SubParsersAction, common) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="work and result directory (resumable cache)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers are meaningless)")
     p.add_argument("--arms", nargs="+", choices=ARMS, help=f"arms to run (default {' '.join(DEFAULT_ARMS)})")
-    p.add_argument("--size", type=_size, metavar="HxW", help="test scene size (default 256x512)")
+    p.add_argument("--size", type=size_arg, metavar="HxW", help="test scene size (default 256x512)")
     p.add_argument("--base", metavar="shipped|scratch|DIR",
                    help="shared base: the shipped models/seg_base_mobilenet (default), scratch (trained here for "
                         "--base-steps), or a model directory")  # fmt: skip

@@ -269,7 +269,7 @@ def train_from_bags(
     progress: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit normaliser + detector on clean bags; returns the model and the summary stored in its manifest."""
-    from flow_anomaly_ros.timeseries.experiment import fit_model
+    from flow_anomaly_ros.timeseries.experiment import fit_model, train_stride
     from flow_anomaly_ros.timeseries.pipeline import WindowFeaturizer
     from flow_anomaly_ros.timeseries.signals import ConfigError
 
@@ -282,7 +282,7 @@ def train_from_bags(
     fractions = split_fractions(doc)
     loaded = load_bag_recordings(config, bags, imu_topics, can_topic, stamp_source)
     t_read = time.perf_counter() - t0
-    stride = float((doc.get("split") or {}).get("train_stride_s", config.stride_s))
+    stride = train_stride(config, doc)
     feats, stats = bag_features(config, [r for r, _ in loaded], fractions, stride)
     model = fit_model(config, feats, detector, doc, params, progress=progress, threads=threads)
     total = sum(c.duration_s for _, c in loaded)
@@ -412,7 +412,7 @@ def write_scores_csv(path: str | Path, results: Sequence[Any], top: int = 3) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CLI (hooked into ``flow-anomaly ts`` by :func:`extend_cli`)
+# CLI (registered in ``flow-anomaly ts`` by :mod:`flow_anomaly_ros.timeseries.cli`)
 # ----------------------------------------------------------------------------------------------------------------
 def _user_error(exc: Exception) -> Exception:
     from flow_anomaly_ros.cli import UserError
@@ -447,18 +447,17 @@ def _add_bag_inputs(p: argparse.ArgumentParser, bag_help: str, repeat: bool) -> 
 
 def cmd_train_bag(args: argparse.Namespace) -> int:
     """``ts train --bag``: train on clean recordings, write the model dir, print a short summary."""
-    from flow_anomaly_ros.timeseries.cli import QUICK_OVERRIDES, _load_config
+    from flow_anomaly_ros.timeseries.cli_common import load_config
+    from flow_anomaly_ros.timeseries.experiment import detector_params
 
     if getattr(args, "data", None):
         raise _user_error(ValueError("--data and --bag are alternatives: give one"))
-    config, doc = _load_config(args.config)
+    config, doc = load_config(args.config)
     t0 = time.perf_counter()
     try:
         config = resolve_config_dbc(config, args.config)
         topics = imu_topic_map(args.imu_topic, config)
-        params = dict(QUICK_OVERRIDES.get(args.detector, {})) if args.quick else {}
-        if args.epochs is not None:
-            params["epochs"] = args.epochs
+        params = detector_params(args.detector, args.quick, args.epochs)
         model, summary = train_from_bags(
             config,
             doc,
@@ -526,21 +525,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def extend_cli(sub: Any, train_parser: argparse.ArgumentParser) -> None:
-    """Add ``--bag`` & co. to ``ts train`` and the ``ts score`` subcommand (lazy imports: no torch at --help)."""
+def add_bag_train_arguments(train_parser: argparse.ArgumentParser) -> None:
+    """``--bag`` & co. of ``ts train``; ``ts train`` runs :func:`cmd_train_bag` when ``--bag`` is given."""
     _add_bag_inputs(
         train_parser,
         "clean rosbag2 recording (directory, .mcap or .db3) to train on instead of the built-in data set; repeat "
         "for several drives. Each is split by time with the config's split.train / split.calibrate fractions",
         repeat=True,
     )
-    builtin = train_parser.get_default("func")
 
-    def dispatch(args: argparse.Namespace) -> int:
-        return cmd_train_bag(args) if args.bag else builtin(args)
 
-    train_parser.set_defaults(func=dispatch)
-
+def add_score_command(sub: Any) -> None:
+    """The ``ts score`` subcommand (lazy imports: no torch at --help)."""
     p = sub.add_parser("score", help="score a bag offline with a model (one CSV row per window; false-alarm rate)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     _add_bag_inputs(p, "rosbag2 recording to score (directory, .mcap or .db3)", repeat=False)

@@ -17,23 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flow_anomaly_ros.timeseries import bag_training
+from flow_anomaly_ros.timeseries.cli_common import load_config
 from flow_anomaly_ros.timeseries.detectors import detector_names
-
-QUICK_OVERRIDES = {
-    "realnvp": {"epochs": 8, "num_layers": 4, "hidden_features": 32},
-    "autoencoder": {"epochs": 10},
-    "ocsvm": {"max_train_samples": 1000},
-}
-
-
-def _load_config(path: Path | None) -> tuple[Any, dict[str, Any]]:
-    from flow_anomaly_ros.cli import UserError
-    from flow_anomaly_ros.timeseries.signals import ConfigError, default_config, load_pipeline_config
-
-    try:
-        return load_pipeline_config(path) if path else default_config()
-    except ConfigError as exc:
-        raise UserError(str(exc)) from exc
 
 
 def _dataset(args: argparse.Namespace, config: Any, doc: dict[str, Any], with_tests: bool) -> Any:
@@ -70,7 +56,7 @@ def _set_threads(n: int) -> None:
 def cmd_dataset(args: argparse.Namespace) -> int:
     from flow_anomaly_ros.data.timeseries_dataset import save_dataset
 
-    config, doc = _load_config(args.config)
+    config, doc = load_config(args.config)
     t0 = time.perf_counter()
     ds = _dataset(args, config, doc, with_tests=True)
     out = save_dataset(ds, args.out)
@@ -83,21 +69,21 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flow_anomaly_ros.timeseries.experiment import featurize_dataset, fit_model
+    """``ts train``: on the built-in data set, or with ``--bag`` on the user's own clean recordings."""
+    if args.bag:
+        return bag_training.cmd_train_bag(args)
+    from flow_anomaly_ros.timeseries.experiment import detector_params, featurize_dataset, fit_model, train_stride
 
-    config, doc = _load_config(args.config)
+    config, doc = load_config(args.config)
     _set_threads(args.threads)
     t0 = time.perf_counter()
     ds = _dataset(args, config, doc, with_tests=False)
-    stride = float(doc.get("split", {}).get("train_stride_s", config.stride_s))
-    feats = featurize_dataset(config, ds, train_stride_s=stride)
+    feats = featurize_dataset(config, ds, train_stride_s=train_stride(config, doc))
     print(
         f"features: {feats.x_train.shape[0]} train / {feats.x_calibrate.shape[0]} calibration windows x "
         f"{feats.x_train.shape[1]} features ({time.perf_counter() - t0:.1f} s)"
     )
-    params = dict(QUICK_OVERRIDES.get(args.detector, {})) if args.quick else {}
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
+    params = detector_params(args.detector, args.quick, args.epochs)
     model = fit_model(config, feats, args.detector, doc, params, progress=True, threads=args.threads)
     training = {
         "data": ds.meta,
@@ -116,22 +102,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flow_anomaly_ros.cli import UserError
     from flow_anomaly_ros.evaluation.timeseries_report import write_report
-    from flow_anomaly_ros.timeseries.experiment import evaluate_models, featurize_dataset, fit_model
+    from flow_anomaly_ros.timeseries.experiment import (
+        detector_params,
+        evaluate_models,
+        featurize_dataset,
+        fit_model,
+        train_stride,
+    )
 
     names = detector_names() if args.detectors == "all" else tuple(args.detectors.split(","))
     bad = sorted(set(names) - set(detector_names()))
     if bad:
         raise UserError(f"unknown detector(s) {bad}; valid: {list(detector_names())}")
-    config, doc = _load_config(args.config)
+    config, doc = load_config(args.config)
     _set_threads(args.threads)
     t0 = time.perf_counter()
     ds = _dataset(args, config, doc, with_tests=True)
-    stride = float(doc.get("split", {}).get("train_stride_s", config.stride_s))
-    feats = featurize_dataset(config, ds, train_stride_s=stride, progress=True)
+    feats = featurize_dataset(config, ds, train_stride_s=train_stride(config, doc), progress=True)
     print(f"data set and features ready ({time.perf_counter() - t0:.1f} s)", flush=True)
     models = {}
     for name in names:
-        params = dict(QUICK_OVERRIDES.get(name, {})) if args.quick else {}
+        params = detector_params(name, args.quick)
         models[name] = fit_model(config, feats, name, doc, params, progress=True, threads=args.threads)
         print(f"{name}: fitted in {models[name].detector.fit_summary_['fit_s']:.1f} s", flush=True)
     results = evaluate_models(config, feats, models, progress=True)
@@ -167,10 +158,9 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--data", type=Path, default=None, help="data set directory from 'ts dataset' (default: build)")
     p.add_argument("--epochs", type=int, default=None, help="override the detector's epochs (realnvp, autoencoder)")
     p.add_argument("--quick", action="store_true", help="smaller model, fewer epochs (smoke runs)")
+    bag_training.add_bag_train_arguments(p)  # train --bag (your own clean recordings)
     p.set_defaults(func=cmd_train)
-    from flow_anomaly_ros.timeseries.bag_training import extend_cli
-
-    extend_cli(sub, p)  # train --bag (your own clean recordings) and the 'score' subcommand
+    bag_training.add_score_command(sub)  # score a bag offline with a model
 
     p = sub.add_parser("evaluate", help="fit every detector on the same split and write the report")
     common(p)

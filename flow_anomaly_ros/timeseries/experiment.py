@@ -38,6 +38,26 @@ from flow_anomaly_ros.timeseries.pipeline import (
 )
 from flow_anomaly_ros.timeseries.signals import PipelineConfig
 
+# --quick detector sizes (smoke runs, the CI demo), the one list for `ts train/evaluate`, `fleet train` and the demo
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
+    "realnvp": {"epochs": 8, "num_layers": 4, "hidden_features": 32},
+    "autoencoder": {"epochs": 10},
+    "ocsvm": {"max_train_samples": 1000},
+}
+
+
+def detector_params(detector: str, quick: bool, epochs: int | None = None) -> dict[str, Any]:
+    """Parameter overrides of one training run: the --quick sizes of ``detector`` and an --epochs override."""
+    params = dict(QUICK_OVERRIDES.get(detector, {})) if quick else {}
+    if epochs is not None:
+        params["epochs"] = epochs
+    return params
+
+
+def train_stride(config: PipelineConfig, doc: dict[str, Any]) -> float:
+    """Window stride of the training split: ``split.train_stride_s`` of the config, else the pipeline's stride."""
+    return float((doc.get("split") or {}).get("train_stride_s", config.stride_s))
+
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
