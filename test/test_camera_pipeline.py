@@ -10,8 +10,8 @@ import pytest
 from camera_testutil import SCENE_SIZE, camera_model_dir, scene_frames
 
 from flow_anomaly_ros.ros.camera_pipeline import (
+    FrameMailbox,
     FrameProcessor,
-    LatestFrameMailbox,
     chunked_argmax,
     chunked_score_map,
 )
@@ -89,8 +89,17 @@ def test_regions_are_connected_components_filtered_by_area():
     np.testing.assert_array_equal(overlay[tinted][0], (np.array([255, 0, 255]) * 0.6).astype(np.uint8))
 
 
+def test_mailbox_with_slots_keeps_frames_in_order_and_drops_the_oldest_beyond_them():
+    box = FrameMailbox(3)
+    assert [box.put(i) for i in range(5)] == [False, False, False, True, True]
+    assert [box.take(timeout=0.01) for _ in range(4)] == [2, 3, 4, None]
+    assert (box.dropped, box.accepted) == (2, 5)
+    with pytest.raises(ValueError, match="capacity"):
+        FrameMailbox(0)
+
+
 def test_mailbox_keeps_only_the_newest_and_counts_the_dropped():
-    box = LatestFrameMailbox()
+    box = FrameMailbox()
     assert box.put(1) is False
     assert box.put(2) is True and box.put(3) is True
     assert box.take(timeout=0.01) == 3

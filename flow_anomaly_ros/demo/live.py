@@ -28,6 +28,9 @@ READY_QUIET_S = 0.5  # once the expected outputs are in, stop after this long wi
 # Once every node subscription is visible to the player, wait this long before the first message so that the
 # nodes' side of DDS discovery has matched the player too (otherwise the head of the bag can be lost under load).
 DISCOVERY_SETTLE_S = 3.0
+# Writer history of the replayed inputs: when the CPU is starved the player falls behind and then publishes its
+# backlog at several times the bag's rate; this many samples per topic stay available to a subscriber that lags.
+REPLAY_QOS_DEPTH = 10_000
 
 
 @dataclass
@@ -161,6 +164,7 @@ def replay_and_record(
             settle_s=DISCOVERY_SETTLE_S,
             progress=progress,
             on_publish=on_publish,
+            qos_depth=REPLAY_QOS_DEPTH,
         )
         stats = player.play()
         player.wait_for_all_acked(5.0)

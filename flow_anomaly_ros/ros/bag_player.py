@@ -77,7 +77,12 @@ class PlayStats:
 
 
 class BagPlayer:
-    """Publishes a bag's messages with their recorded spacing (divided by ``rate``) on a given node."""
+    """Publishes a bag's messages with their recorded spacing (divided by ``rate``) on a given node.
+
+    ``qos_depth`` is the least history depth of the publishers (``ros2 bag play`` uses 10). A player that fell behind
+    its schedule publishes its backlog at once; with reliable QoS a writer history shorter than that burst overwrites
+    samples a slow subscriber has not acknowledged yet, so evaluation replays use a deep one.
+    """
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class BagPlayer:
         settle_s: float = SUBSCRIBER_SETTLE_S,
         progress: Any | None = None,
         on_publish: Callable[[BagMessage, int], None] | None = None,
+        qos_depth: int = 10,
     ) -> None:
         if rate <= 0:
             raise BagError(f"--rate must be > 0, got {rate}")
@@ -133,7 +139,7 @@ class BagPlayer:
                 self.stats.skipped_topics[topic] = str(exc)
                 node.get_logger().warning(f"not playing {topic}: {exc}")
                 continue
-            qos = qos_for_topic(qos_summary(self.reader.qos(topic)))
+            qos = qos_for_topic(qos_summary(self.reader.qos(topic)), depth=qos_depth)
             self._publishers[topic] = node.create_publisher(cls, self.remap.get(topic, topic), qos)
             self.stats.published[topic] = 0
             self.stats.failed[topic] = 0

@@ -13,8 +13,10 @@ publishes, with the input's header, at the input's resolution:
 
 Real-time behaviour: the subscription callback only drops the message into a one-slot mailbox; one worker thread
 always takes the newest frame, so when inference is slower than the camera, stale frames are dropped and counted
-instead of queued. Inputs use reliable QoS with depth 1 by default (best effort loses fragmented multi-MB images,
-``shared/notes/ros2-from-pypi.md``). With ``lazy:=true`` frames are skipped while nobody subscribes to an output.
+instead of queued. For bag evaluation, ``pending_frames:=N`` (with ``input_depth`` >= N) keeps up to N frames in
+order instead, so a CPU stall does not cost frames (the demo's live run uses it). Inputs use reliable QoS with
+depth 1 by default (best effort loses fragmented multi-MB images, ``shared/notes/ros2-from-pypi.md``). With
+``lazy:=true`` frames are skipped while nobody subscribes to an output.
 
 Frame processing (score map, threshold, resizing, regions, tint) is :mod:`flow_anomaly_ros.ros.camera_pipeline`;
 message conversion is :mod:`flow_anomaly_ros.ros.image_conversion`. Parameters: :data:`CameraAnomalyNode.PARAMS`
@@ -41,7 +43,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
 from flow_anomaly_ros.msg import ImageAnomaly
-from flow_anomaly_ros.ros.camera_pipeline import FrameProcessor, FrameResult, LatestFrameMailbox
+from flow_anomaly_ros.ros.camera_pipeline import FrameMailbox, FrameProcessor, FrameResult
 from flow_anomaly_ros.ros.diagnostics import ERROR, OK, WARN, Health
 from flow_anomaly_ros.ros.image_conversion import (
     ImageConversionError,
@@ -180,6 +182,14 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             choices=QOS_NAMES,
         ),
         Param("input_depth", 1, "input queue depth (1: only the newest frame matters)", min=1, max=100),
+        Param(
+            "pending_frames",
+            1,
+            "frames waiting for inference (1: only the newest, the vehicle setting; N: in order, the oldest beyond N "
+            "dropped and counted, for replaying a bag where every frame counts; raise input_depth with it)",
+            min=1,
+            max=1000,
+        ),
         Param("output_qos", "reliable", "QoS profile of the outputs", choices=QOS_NAMES),
         Param("output_depth", 1, "output queue depth", min=1, max=100),
         Param("lazy", False, "run inference only while something subscribes to an output"),
@@ -197,7 +207,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
         self._input: tuple[str, Any] | None = None  # (topic, QoS) of the subscription, for the QoS check
         self._worker: threading.Thread | None = None
         self._running = threading.Event()
-        self._mailbox = LatestFrameMailbox()
+        self._mailbox = FrameMailbox()
         self._lock = threading.Lock()
         self._reset_counters()
         super().__init__(node_name, **kwargs)
@@ -281,7 +291,7 @@ class CameraAnomalyNode(ManagedAnomalyNode):
             )
         else:
             self._subscription = self.create_subscription(Image, topic, self._on_image, qos)
-        self._mailbox = LatestFrameMailbox()  # fresh drop counter with the fresh statistics
+        self._mailbox = FrameMailbox(self.params["pending_frames"])  # fresh drop counter, fresh statistics
         self._running.set()
         self._worker = threading.Thread(target=self._work, name="camera_anomaly_worker", daemon=True)
         self._worker.start()

@@ -13,9 +13,11 @@ The node owns no algorithm: logits come from :mod:`flow_anomaly_ros.runtime` (``
   are scaled to image pixels; the overlay tints only the anomalous pixels (a boolean-indexed blend, no per-pixel
   Python).
 
-:class:`LatestFrameMailbox` is the real-time part: a one-slot mailbox between the subscription callback and the
-worker; a new frame replaces an unprocessed one (which is counted as dropped), so the worker always takes the newest
-frame and no queue can grow.
+:class:`FrameMailbox` is the real-time part, between the subscription callback and the worker. With one slot (the
+vehicle default) a new frame replaces an unprocessed one (counted as dropped), so the worker always takes the newest
+frame and no queue can grow. With N slots (``pending_frames``, for replaying a bag to evaluate it, where every frame
+counts) frames wait in order and only the oldest beyond N is dropped and counted, so a CPU stall of up to N frame
+periods loses nothing.
 
 Example::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,37 +185,41 @@ class FrameProcessor:
         return resize_map(chunked_argmax(frame.logits)[None], frame.image_size, nearest=True)[0]
 
 
-class LatestFrameMailbox:
-    """One-slot mailbox: ``put`` replaces an unprocessed item (counted in ``dropped``), ``take`` waits for one."""
+class FrameMailbox:
+    """Bounded mailbox of ``capacity`` slots: ``put`` beyond it drops the oldest unprocessed item (counted in
+    ``dropped``); ``take`` waits for the oldest. ``capacity`` 1 is "only the newest frame matters"."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
         self._cond = threading.Condition()
-        self._item: Any = None
+        self._items: deque[Any] = deque()
         self._closed = False
         self.dropped = 0
         self.accepted = 0
 
     def put(self, item: Any) -> bool:
-        """Store ``item``; returns True when it replaced (dropped) an older unprocessed one."""
+        """Store ``item``; returns True when that dropped an older unprocessed one."""
         with self._cond:
-            replaced = self._item is not None
-            if replaced:
+            dropped = len(self._items) >= self.capacity
+            if dropped:
+                self._items.popleft()
                 self.dropped += 1
-            self._item = item
+            self._items.append(item)
             self.accepted += 1
             self._cond.notify()
-            return replaced
+            return dropped
 
     def take(self, timeout: float | None = None) -> Any:
-        """The newest item (removing it), or None after ``timeout`` seconds or once closed."""
+        """The oldest waiting item (removing it), or None after ``timeout`` seconds or once closed."""
         with self._cond:
-            if self._item is None and not self._closed:
+            if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
+            return self._items.popleft() if self._items else None
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._item = None
+            self._items.clear()
             self._cond.notify_all()
