@@ -2,9 +2,9 @@
 
 One piece of code serves the demo's offline evaluation and ``flow-anomaly ts train --bag`` / ``ts score``: messages
 are read with :class:`flow_anomaly_ros.data.bags.BagReader` (MCAP or SQLite3) and converted with the node's own
-conversion functions (``ros.imu_conversion.imu_event``, ``ros.can_conversion.can_event``), so a bag read here
-gives the node's inputs exactly. rclpy and the message packages are imported only when a bag is read (they are
-needed to deserialise the CDR into the types the node's conversions take).
+conversion functions (:mod:`flow_anomaly_ros.timeseries.message_events`: ``imu_event``, ``can_event_from_cdr``),
+so a bag read here gives the node's inputs exactly. No ROS code is imported: IMU messages are deserialised by the
+``rosbags`` typestore (pure Python CDR), CAN frames read from their CDR bytes as the node reads them.
 
 Stamps: ``header`` (default, like the node's ``stamp_source: header``) or ``bag`` (the bag's record time, like
 ``stamp_source: receipt`` for drivers that leave header stamps zero).
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from flow_anomaly_ros.data.bags import BagReader
+from flow_anomaly_ros.timeseries.message_events import can_event_from_cdr, imu_event
 
 IMU_TYPE = "sensor_msgs/msg/Imu"
 CAN_TYPE = "can_msgs/msg/Frame"
@@ -66,12 +67,6 @@ def read_recording(
     :class:`BagTopicError` naming it and the bag's topics. Events are sorted by stamp (stable: IMU sources in the
     given order, then CAN, for equal stamps).
     """
-    from can_msgs.msg import Frame
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import Imu
-
-    from flow_anomaly_ros.ros.can_conversion import can_event
-    from flow_anomaly_ros.ros.imu_conversion import imu_event
     from flow_anomaly_ros.timeseries.events import Recording, can_events, concat_events, imu_events
 
     if stamp_source not in STAMP_SOURCES:
@@ -87,9 +82,9 @@ def read_recording(
         for m in reader.messages(wanted):
             stamp = m.stamp_ns * 1e-9 if stamp_source == "bag" else None
             if m.topic in imu_rows:
-                imu_rows[m.topic].append(imu_event(deserialize_message(m.data, Imu), stamp))
+                imu_rows[m.topic].append(imu_event(reader.decode(m), stamp))
             else:
-                can_rows.append(can_event(deserialize_message(m.data, Frame), stamp))
+                can_rows.append(can_event_from_cdr(m.data, lambda _, m=m: reader.decode(m), stamp)[0])
     counts = BagTopicCounts({t: len(r) for t, r in imu_rows.items()}, len(can_rows), in_bag)
     if check:
         empty = [t for t, n in counts.imu.items() if n == 0] + ([can_topic] if can_topic and not can_rows else [])

@@ -21,13 +21,14 @@ rosidl build, and on a vehicle the distribution's ``ros-<distro>-can-msgs`` prov
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-from flow_anomaly_ros.ros.imu_conversion import seconds_to_stamp, stamp_to_seconds
-
-CAN_MAX_DLC = 8
-CanEvent = tuple[float, int, bytes, int, bool, bool]
+from flow_anomaly_ros.ros.imu_conversion import seconds_to_stamp
+from flow_anomaly_ros.timeseries.message_events import CAN_MAX_DLC as CAN_MAX_DLC
+from flow_anomaly_ros.timeseries.message_events import CanEvent as CanEvent
+from flow_anomaly_ros.timeseries.message_events import can_event as can_event
+from flow_anomaly_ros.timeseries.message_events import can_event_from_cdr as _can_event_from_cdr
+from flow_anomaly_ros.timeseries.message_events import decode_frame_cdr as decode_frame_cdr
 
 
 class CanTypeMissing(ImportError):
@@ -47,52 +48,18 @@ def frame_type() -> Any:
     return Frame
 
 
-def can_event(msg: Any, stamp_s: float | None = None) -> CanEvent:
-    """The core's CAN event for a ``can_msgs/msg/Frame``; ``stamp_s`` overrides the header stamp."""
-    stamp = stamp_to_seconds(msg.header.stamp) if stamp_s is None else stamp_s
-    dlc = int(msg.dlc)
-    payload = msg.data.tobytes()[: min(dlc, CAN_MAX_DLC)]
-    return stamp, int(msg.id), payload, dlc, bool(msg.is_error), bool(msg.is_extended)
-
-
 def can_event_from_cdr(raw: bytes, frame_cls: Any, stamp_s: float | None = None) -> tuple[CanEvent, bool]:
     """The core's CAN event and the RTR flag of a serialized ``can_msgs/msg/Frame`` (see the module docstring).
 
     Raises ``ValueError`` for bytes that are not a Frame (truncated, or a string that runs past the end).
     """
-    fields = decode_frame_cdr(raw)
-    if fields is None:  # an encapsulation this reader does not know: let rclpy deserialise it
+
+    def deserialize(data: bytes) -> Any:  # an encapsulation the struct reader does not know: rclpy reads it
         from rclpy.serialization import deserialize_message
 
-        try:
-            msg = deserialize_message(raw, frame_cls)
-        except Exception as exc:  # rclpy raises its own error types for bytes it cannot read
-            raise ValueError(f"not a serialized can_msgs/msg/Frame: {type(exc).__name__}: {exc}") from exc
-        return can_event(msg, stamp_s), bool(msg.is_rtr)
-    sec, nanosec, can_id, is_rtr, is_extended, is_error, dlc, data = fields
-    stamp = sec + nanosec * 1e-9 if stamp_s is None else stamp_s  # as stamp_to_seconds
-    return (stamp, can_id, data[: min(dlc, CAN_MAX_DLC)], dlc, is_error, is_extended), is_rtr
+        return deserialize_message(data, frame_cls)
 
-
-_CDR_LE = {b"\x00\x01": True, b"\x00\x07": True, b"\x00\x00": False, b"\x00\x06": False}  # XCDR1 / XCDR2
-_HEAD = {True: struct.Struct("<iII"), False: struct.Struct(">iII")}  # stamp.sec, stamp.nanosec, frame_id length
-_BODY = {True: struct.Struct("<I4B8s"), False: struct.Struct(">I4B8s")}  # id, is_rtr/ext/error, dlc, data[8]
-
-
-def decode_frame_cdr(raw: bytes) -> tuple[int, int, int, bool, bool, bool, int, bytes] | None:
-    """``(sec, nanosec, id, is_rtr, is_extended, is_error, dlc, data[8])`` of a serialized Frame, or None when its
-    encapsulation is not plain little/big-endian CDR. Offsets count from after the 4-byte encapsulation header."""
-    little = _CDR_LE.get(bytes(raw[:2]))
-    if little is None:
-        return None
-    try:
-        sec, nanosec, n = _HEAD[little].unpack_from(raw, 4)
-        offset = 16 + n  # after encapsulation, stamp and length: frame_id, n bytes with its NUL
-        offset += -(offset - 4) % 4  # id is 4-byte aligned
-        can_id, rtr, ext, err, dlc, data = _BODY[little].unpack_from(raw, offset)
-    except struct.error as exc:
-        raise ValueError(f"not a serialized can_msgs/msg/Frame ({len(raw)} bytes): {exc}") from exc
-    return sec, nanosec, can_id, bool(rtr), bool(ext), bool(err), dlc, data
+    return _can_event_from_cdr(raw, deserialize, stamp_s)
 
 
 def can_message(

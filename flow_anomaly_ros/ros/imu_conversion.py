@@ -15,14 +15,9 @@ from __future__ import annotations
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Imu
 
-NS_PER_S = 1_000_000_000
-
-ImuEvent = tuple[float, tuple[float, float, float], tuple[float, float, float]]
-
-
-def stamp_to_seconds(stamp: Time) -> float:
-    """``builtin_interfaces/Time`` as float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
+from flow_anomaly_ros.timeseries.message_events import NS_PER_S, stamp_to_seconds
+from flow_anomaly_ros.timeseries.message_events import ImuEvent as ImuEvent
+from flow_anomaly_ros.timeseries.message_events import imu_event as imu_event
 
 
 def seconds_to_stamp(seconds: float) -> Time:
@@ -35,13 +30,6 @@ def seconds_to_stamp(seconds: float) -> Time:
 def roundtrip_seconds(seconds: float) -> float:
     """``seconds`` as it reads back from a message stamp (what the node sees)."""
     return stamp_to_seconds(seconds_to_stamp(seconds))
-
-
-def imu_event(msg: Imu, stamp_s: float | None = None) -> ImuEvent:
-    """The core's IMU event for ``msg``; ``stamp_s`` overrides the header stamp (stamp_source=receipt)."""
-    a, w = msg.linear_acceleration, msg.angular_velocity
-    stamp = stamp_to_seconds(msg.header.stamp) if stamp_s is None else stamp_s
-    return stamp, (a.x, a.y, a.z), (w.x, w.y, w.z)
 
 
 def imu_message(stamp_s: float, accel, gyro, frame_id: str = "imu_link") -> Imu:

@@ -3,7 +3,7 @@
 All three yield ``(name, uint8 RGB HxWx3, label or None)``; labels exist for procedural scenes (exact trainIds) and
 for image directories laid out like Cityscapes (``*_leftImg8bit.png`` next to ``*_gtFine_labelTrainIds.png`` in the
 ``gtFine`` tree). Bags are read with :mod:`flow_anomaly_ros.data.bags` (``rosbags``, no rclpy) and decoded with
-:mod:`flow_anomaly_ros.ros.image_conversion` (``sensor_msgs/Image`` and ``CompressedImage``), so the node, the CLI and
+:mod:`flow_anomaly_ros.data.image_messages` (``sensor_msgs/Image`` and ``CompressedImage``), so the node, the CLI and
 the tests share one path.
 """
 
@@ -61,7 +61,7 @@ def frames_from_bag(
 ) -> Iterator[Frame]:
     """Decoded images of one image topic of a rosbag2 (the only image topic when ``topic`` is None)."""
     from flow_anomaly_ros.data.bags import BagReader
-    from flow_anomaly_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb
+    from flow_anomaly_ros.data.image_messages import compressed_to_rgb, image_to_rgb
 
     if every_n < 1:
         raise ValueError(f"every_n must be >= 1, got {every_n}")
