@@ -64,3 +64,50 @@ def test_pump_takes_every_message_in_order_beside_a_spinning_executor(ros_node):
     spin_until(ros_node, lambda: False, timeout=0.5)
     assert "after stop" not in texts
     owner.destroy_node()
+
+
+def test_on_drained_tells_a_backlogged_topic_from_a_drained_one(ros_node):
+    import rclpy
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import String
+
+    from flow_anomaly_ros.ros.input_pump import InputPump
+
+    owner = rclpy.create_node("pump_backlog_owner", context=ros_node.context)
+    gate = threading.Event()
+    log: list[tuple[str, object]] = []
+    lock = threading.Lock()
+
+    def on_text(msg, info):
+        with lock:
+            log.append(("msg", int(msg.data)))
+
+    def on_drained(backlogged):
+        with lock:
+            log.append(("drained", backlogged))
+
+    # parked before each round until the test has published: the whole burst waits in the middleware
+    pump = InputPump(owner, on_error=lambda exc: None, before_take=lambda: gate.wait(10.0), drain_max=4)
+    qos = QoSProfile(depth=100)
+    pump.subscribe(String, "pump_backlog", on_text, qos, on_drained=on_drained)
+    pump.start()
+    pub = ros_node.create_publisher(String, "pump_backlog", qos)
+    assert spin_until(ros_node, lambda: pub.get_subscription_count() == 1)
+    try:
+        for i in range(10):
+            pub.publish(String(data=str(i)))
+        assert spin_until(ros_node, lambda: pub.wait_for_all_acked(rclpy.duration.Duration(seconds=0.1)), timeout=10)
+        gate.set()
+        assert spin_until(ros_node, lambda: sum(k == "msg" for k, _ in log) == 10, timeout=10.0)
+        spin_until(ros_node, lambda: False, timeout=0.2)
+        with lock:
+            flags = [v for k, v in log if k == "drained"]
+            order = [v for k, v in log if k == "msg"]
+        assert order == list(range(10))
+        # 4 + 4 taken with more waiting, then the last 2 and the topic is drained
+        assert flags[:3] == [True, True, False], log
+        first_false = log.index(("drained", False))
+        assert [k for k, _ in log[:first_false]].count("msg") == 10  # reported after its messages, in order
+    finally:
+        pump.stop()
+        owner.destroy_node()
