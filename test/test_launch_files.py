@@ -305,7 +305,10 @@ if launch_pytest is not None:  # pragma: no cover - runs only in a ROS 2 workspa
 else:
 
     def test_vehicle_launch_starts_both_nodes_and_the_camera_outputs_flow():
-        pytest.skip("launch_pytest is not installable from PyPI (no ROS 2 launch here); runs under colcon test")
+        # Not on PyPI; the vendored jazzy launch_testing (which launch_pytest needs) registers a pytest plugin whose
+        # pytest_pycollect_makemodule(path, parent) hook pytest 8+ refuses, breaking every pytest run, so it is not
+        # installed here (tried). The test runs under colcon test on a ROS 2 host with its matching pytest.
+        pytest.skip("launch_pytest is not installable here (not on PyPI; jazzy launch_testing's plugin needs pytest<8)")
 
 
 def test_launch_files_read_each_nodes_section_whatever_the_key_style(tmp_path):
