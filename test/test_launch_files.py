@@ -306,9 +306,9 @@ else:
 
     def test_vehicle_launch_starts_both_nodes_and_the_camera_outputs_flow():
         # Not on PyPI; the vendored jazzy launch_testing (which launch_pytest needs) registers a pytest plugin whose
-        # pytest_pycollect_makemodule(path, parent) hook pytest 8+ refuses, breaking every pytest run, so it is not
-        # installed here (tried). The test runs under colcon test on a ROS 2 host with its matching pytest.
-        pytest.skip("launch_pytest is not installable here (not on PyPI; jazzy launch_testing's plugin needs pytest<8)")
+        # pytest_pycollect_makemodule(path, parent) hook this pytest (9.2) refuses, breaking every pytest run, so
+        # it is not installed here (tried). The test runs under colcon test on a ROS 2 host with its own pytest.
+        pytest.skip("launch_pytest is not installable here (not on PyPI; jazzy launch_testing fails under pytest 9)")
 
 
 def test_launch_files_read_each_nodes_section_whatever_the_key_style(tmp_path):
