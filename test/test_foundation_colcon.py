@@ -102,6 +102,22 @@ def test_colcon_installed_python_package_is_the_hand_written_one(colcon_install:
     assert str(colcon_install) in result.stdout.splitlines()[0]
 
 
+def test_ts_train_from_the_installed_tree_finds_config_through_the_ament_index(colcon_install: Path, tmp_path):
+    """``ts train`` without ``--config`` from the install (not the source tree): the default training config is the
+    installed share's ``config/timeseries_model.yaml``, found through the ament index (flow_anomaly_ros.share)."""
+    out = tmp_path / "model"
+    code = (
+        "import sys; from flow_anomaly_ros.timeseries.signals import DEFAULT_CONFIG_PATH as p; print(p); "
+        "from flow_anomaly_ros.cli import main; "
+        f"sys.exit(main(['ts', 'train', '--detector', 'iforest', '--quick', '--threads', '1', '--out', '{out}']))"
+    )
+    result = _run_installed(colcon_install, code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = Path(result.stdout.splitlines()[0])
+    assert config == colcon_install / "share" / "flow_anomaly_ros" / "config" / "timeseries_model.yaml"
+    assert (out / "manifest.json").is_file() and "wrote" in result.stdout
+
+
 def test_colcon_test_runs_the_pytest_suite(colcon_install: Path):
     """CMakeLists.txt's BUILD_TESTING block (ament_add_pytest_test): `colcon test` runs test/ with pytest; a subset
     is chosen through PYTEST_ADDOPTS so that this check stays short (the whole suite runs the same way)."""

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from flow_anomaly_ros.share import config_dir
+
 CACHE_ENV = "FLOW_ANOMALY_CACHE"
 CACHE_FORMAT = 2  # bump when a cached artefact's layout changes
-TS_CONFIG = Path(__file__).resolve().parents[2] / "config" / "timeseries_model.yaml"  # data split, detector params
+TS_CONFIG = config_dir() / "timeseries_model.yaml"  # data split, detector params (installed share when installed)
 
 # Topics of the demo bag (the nodes' default input names, resolved in the root namespace).
 IMU_TOPIC = "/imu/data"

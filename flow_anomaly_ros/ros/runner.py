@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE = "flow_anomaly_ros"
+from flow_anomaly_ros.share import config_dir
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,6 @@ NODES: dict[str, NodeEntry] = {
     "timeseries": NodeEntry("flow_anomaly_ros.ros.timeseries_node", "TimeseriesAnomalyNode", "timeseries_anomaly.yaml"),
 }
 DEFAULT_NODES = ("camera", "timeseries")
-
-
-def config_dir() -> Path:
-    """The package's config directory: the installed share (colcon) if there is one, else the source tree's."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            installed = Path(get_package_share_directory(PACKAGE)) / "config"
-            if installed.is_dir():
-                return installed
-        except (PackageNotFoundError, ValueError, LookupError, OSError):  # OSError: AMENT_PREFIX_PATH unset
-            pass
-    except ImportError:
-        pass
-    return Path(__file__).resolve().parents[2] / "config"
 
 
 def node_parameters(params_file: str | Path, node_name: str) -> dict:

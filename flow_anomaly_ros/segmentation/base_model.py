@@ -26,27 +26,15 @@ from typing import Any
 import numpy as np
 
 from flow_anomaly_ros.model_store import ModelFileError
+from flow_anomaly_ros.share import share_dir
 
 BASE_MODEL_NAME = "seg_base_mobilenet"
 HELD_OUT_SEED = 10_000  # validation / measurement scenes; training draws scene_seed(data.seed, i) with other seeds
-PACKAGE = "flow_anomaly_ros"
 
 
 def models_dir() -> Path:
-    """``models/`` of the source tree, else the installed package share (colcon)."""
-    source = Path(__file__).resolve().parents[2] / "models"
-    if source.is_dir():
-        return source
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            return Path(get_package_share_directory(PACKAGE)) / "models"
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    return source
+    """The package's ``models/``: the installed share's (colcon) if it has one, else the source tree's."""
+    return share_dir("models")
 
 
 def default_base_model() -> Path:

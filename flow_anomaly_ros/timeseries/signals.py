@@ -1,10 +1,11 @@
 """Signal specifications and the feature pipeline configuration (what a model was trained on).
 
-A signal is either an IMU field (``accel_x`` ... ``gyro_z`` of a named IMU source) or a CAN signal (DBC message +
-signal name, decoded with cantools). :class:`PipelineConfig` holds everything that turns raw events into window
-features: the DBC, the signals with their SI scale and staleness limit, the CAN message periods used by the timing
-features, the cross-signal consistency checks, the resampling rate, window length and stride. It is stored in every
-model's manifest, so a node configured for other inputs fails with a message naming the difference
+A signal is an IMU field (``accel_x`` ... ``gyro_z`` of a named IMU source), a CAN signal (DBC message + signal
+name, decoded with cantools) or a column of another stream of the registry (:mod:`flow_anomaly_ros.streams`, e.g.
+``gnss: speed``; the stream module lists its columns). :class:`PipelineConfig` holds everything that turns raw
+events into window features: the DBC, the signals with their SI scale and staleness limit, the CAN message periods
+used by the timing features, the cross-signal consistency checks, the resampling rate, window length and stride. It
+is stored in every model's manifest, so a node configured for other inputs fails with a message naming the difference
 (:func:`check_compatible`).
 
 DBC message periods: the DBC's ``GenMsgCycleTime`` when present, otherwise ``can_periods_s`` from the config (the
@@ -18,7 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMU_FIELDS = ("accel_x", "accel_y", "accel_z", "gyro_x", "gyro_y", "gyro_z")
+from flow_anomaly_ros import streams
+from flow_anomaly_ros.share import config_dir
+from flow_anomaly_ros.streams.imu import FIELDS as IMU_FIELDS
+
+STREAM_KEYS = ("stream", "stream_field")  # SignalSpec fields of registry-stream signals (omitted when unused)
 CONSISTENCY_KINDS = ("difference", "derivative", "wheel_yaw", "steer_yaw")
 
 
@@ -38,10 +43,21 @@ class SignalSpec:
     si_scale: float = 1.0
     staleness_s: float = 0.1
     eps: float = 1e-4  # floor of the window std / diff energy before the log (SI units)
+    stream: str | None = None  # other registry streams (not imu/can): stream name and one of its fields
+    stream_field: str | None = None
 
     @property
     def is_imu(self) -> bool:
         return self.imu_field is not None
+
+    @property
+    def is_can(self) -> bool:
+        return self.can_message is not None
+
+    @property
+    def stream_name(self) -> str:
+        """The registry stream this signal comes from (``imu``, ``can``, ``gnss`` ...)."""
+        return "imu" if self.is_imu else "can" if self.is_can else str(self.stream)
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,11 @@ class PipelineConfig:
         return sorted({s.imu_source for s in self.signals if s.is_imu})
 
     @property
+    def streams(self) -> list[str]:
+        """Registry streams the signals come from, in signal order (``["imu", "can", "gnss"]``)."""
+        return list(dict.fromkeys(s.stream_name for s in self.signals))
+
+    @property
     def can_messages(self) -> list[str]:
         """DBC messages that carry a configured signal (their timing is tracked)."""
         seen: list[str] = []
@@ -119,9 +140,21 @@ class PipelineConfig:
             problems.append("no signals configured")
         if len(set(names)) != len(names):
             problems.append(f"duplicate signal names: {sorted({n for n in names if names.count(n) > 1})}")
+        others = [k.name for k in streams.all() if k.name not in ("imu", "can")]
         for s in self.signals:
-            if s.is_imu == (s.can_message is not None):
-                problems.append(f"signal {s.name!r}: give exactly one of 'imu' (field) or 'can' (MESSAGE.SIGNAL)")
+            if s.is_imu + s.is_can + (s.stream is not None) != 1:
+                problems.append(
+                    f"signal {s.name!r}: give exactly one of 'imu' (field), 'can' (MESSAGE.SIGNAL) or a stream "
+                    f"({', '.join(others)}: FIELD)"
+                )
+            elif s.stream is not None:
+                if s.stream not in others:
+                    problems.append(f"signal {s.name!r}: stream {s.stream!r} not one of {others}")
+                elif s.stream_field not in streams.get(s.stream).fields:
+                    problems.append(
+                        f"signal {s.name!r}: {s.stream} field {s.stream_field!r} not one of "
+                        f"{list(streams.get(s.stream).fields)}"
+                    )
             if s.is_imu and s.imu_field not in IMU_FIELDS:
                 problems.append(f"signal {s.name!r}: imu field {s.imu_field!r} not one of {list(IMU_FIELDS)}")
             if not s.staleness_s > 0:
@@ -138,7 +171,10 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["signals"] = [asdict(s) for s in self.signals]
+        # stream keys only where used: an IMU/CAN model's manifest stays what it was before the registry
+        d["signals"] = [
+            {k: v for k, v in asdict(s).items() if not (k in STREAM_KEYS and v is None)} for s in self.signals
+        ]
         d["consistency"] = [asdict(c) for c in self.consistency]
         d["extra_expected_can_ids"] = list(self.extra_expected_can_ids)
         return d
@@ -164,11 +200,15 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml_dict(cls, d: dict[str, Any]) -> PipelineConfig:
-        """Parse the compact YAML form (``imu: accel_x`` / ``can: MESSAGE.SIGNAL`` per signal)."""
+        """Parse the compact YAML form (``imu: accel_x`` / ``can: MESSAGE.SIGNAL`` / ``gnss: speed`` per signal)."""
+        others = [k.name for k in streams.all() if k.name not in ("imu", "can")]
         signals = []
         for raw in d.get("signals", []):
             raw = dict(raw)
             spec: dict[str, Any] = {"name": raw.pop("name")}
+            for name in others:
+                if name in raw:
+                    spec["stream"], spec["stream_field"] = name, str(raw.pop(name))
             if "imu" in raw:
                 spec["imu_field"] = raw.pop("imu")
                 spec["imu_source"] = raw.pop("source", "imu")
@@ -184,19 +224,46 @@ class PipelineConfig:
 
 def load_pipeline_config(path: str | Path) -> tuple[PipelineConfig, dict[str, Any]]:
     """Read a training config YAML; returns the pipeline config and the full dict (detectors, split...)."""
-    import yaml
-
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text("utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    doc = _read_config_doc(path, ())
     if not isinstance(doc, dict) or "features" not in doc:
         raise ConfigError(f"config {path} needs a 'features' section")
     return PipelineConfig.from_yaml_dict(doc["features"]), doc
 
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "timeseries_model.yaml"
+EXTENDED_LISTS = ("signals", "consistency")  # features lists a config with ``extends`` appends to
+
+
+def _read_config_doc(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The YAML of ``path``; with ``extends: OTHER.yaml`` (relative to it) that config with this one laid over it:
+    sections merge key by key, ``features.signals`` / ``features.consistency`` are appended (a GNSS model is the
+    default IMU + CAN config plus its GNSS signals, written once)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text("utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(doc, dict) or "extends" not in doc:
+        return doc
+    base_path = (path.parent / str(doc.pop("extends"))).resolve()
+    if base_path in seen:
+        raise ConfigError(f"config {path}: 'extends' loops back to {base_path}")
+    base = _read_config_doc(base_path, (*seen, path.resolve()))
+    if not isinstance(base, dict):
+        raise ConfigError(f"config {path}: extends {base_path}, which holds no mapping")
+    for key, value in doc.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged = dict(base[key])
+            for k, v in value.items():
+                merged[k] = [*merged.get(k, []), *v] if key == "features" and k in EXTENDED_LISTS else v
+            base[key] = merged
+        else:
+            base[key] = value
+    return base
+
+
+DEFAULT_CONFIG_PATH = config_dir() / "timeseries_model.yaml"  # the installed share's when installed (colcon)
 
 
 def default_config() -> tuple[PipelineConfig, dict[str, Any]]:
