@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,14 @@ GPS_FILE = "KittiGps_converted.txt"
 CITATION = "KITTI raw data (Geiger et al., IJRR 2013), CC BY-NC-SA 3.0, via the gtsam package's example data"
 # Time constant (s) of the complementary filter that fuses GPS speed (1 Hz) with the IMU's forward acceleration.
 SPEED_FILTER_TAU_S = 2.0
+# Local XYZ (east, north, up in metres) of the gtsam KITTI GPS file -> WGS84 around this origin. The file holds
+# no geodetic origin; KITTI was recorded in Karlsruhe, so the drive is placed there (KIT campus south).
+GPS_ORIGIN_LAT_DEG = 49.011
+GPS_ORIGIN_LON_DEG = 8.4163
+GPS_ORIGIN_ALT_M = 115.0
+GPS_SIGMA_M = 1.5  # horizontal standard deviation the fixes report (NavSatFix covariance, vertical twice that)
+_A = 6378137.0  # WGS84
+_E2 = 6.69437999014e-3
 
 
 @dataclass(frozen=True)
@@ -126,3 +135,35 @@ def load_kitti_drive() -> KittiDrive:
     gyro = np.ascontiguousarray(imu[:, 5:8])
     speed = derive_speed(t, accel[:, 0], gps_t, gps_xyz)
     return KittiDrive(t=t, accel=accel, gyro=gyro, gps_t=gps_t, gps_xyz=gps_xyz, speed=speed)
+
+
+def local_to_geodetic(
+    xyz: np.ndarray,
+    lat0_deg: float = GPS_ORIGIN_LAT_DEG,
+    lon0_deg: float = GPS_ORIGIN_LON_DEG,
+    alt0_m: float = GPS_ORIGIN_ALT_M,
+) -> np.ndarray:
+    """Local tangent-plane metres (x east, y north, z up) -> (lat, lon, alt) on WGS84 around the origin.
+
+    Uses the meridian and prime-vertical radii at the origin; over the few kilometres of a KITTI drive the error is
+    centimetres, far below GPS noise.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    lat0 = math.radians(lat0_deg)
+    s = math.sin(lat0)
+    n = _A / math.sqrt(1 - _E2 * s * s)  # prime vertical radius
+    m = _A * (1 - _E2) / (1 - _E2 * s * s) ** 1.5  # meridian radius
+    lat = lat0_deg + np.degrees(xyz[:, 1] / (m + alt0_m))
+    lon = lon0_deg + np.degrees(xyz[:, 0] / ((n + alt0_m) * math.cos(lat0)))
+    return np.stack([lat, lon, alt0_m + xyz[:, 2]], axis=1)
+
+
+def fix_values(xyz: np.ndarray, sigma_m: float = GPS_SIGMA_M) -> np.ndarray:
+    """NavSatFix values (``streams.gnss.RAW`` order) of local positions: WGS84 fix, GPS service, diagonal
+    covariance known, as the demo bag's ``/gps/fix`` carries them."""
+    geo = local_to_geodetic(xyz)
+    out = np.empty((len(geo), 9))
+    out[:, :3] = geo
+    out[:, 3:6] = (0.0, 1.0, 2.0)  # STATUS_FIX, SERVICE_GPS, COVARIANCE_TYPE_DIAGONAL_KNOWN
+    out[:, 6:9] = (sigma_m**2, sigma_m**2, (2 * sigma_m) ** 2)
+    return out

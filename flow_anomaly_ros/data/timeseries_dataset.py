@@ -29,8 +29,9 @@ from flow_anomaly_ros.data.injection import (
     schedule_faults,
     signal_sigmas,
 )
-from flow_anomaly_ros.data.kitti import CITATION, load_kitti_drive
+from flow_anomaly_ros.data.kitti import CITATION, fix_values, load_kitti_drive
 from flow_anomaly_ros.model_store import atomic_write_json
+from flow_anomaly_ros.streams import gnss as gnss_stream
 from flow_anomaly_ros.timeseries.events import Recording, concat_events, imu_events
 from flow_anomaly_ros.timeseries.signals import PipelineConfig
 
@@ -59,12 +60,16 @@ class TimeseriesDataset:
 def base_recording(
     config: PipelineConfig, seed: int = 0, duration_s: float | None = None
 ) -> tuple[Recording, dict[str, Any]]:
-    """The clean drive (first ``duration_s`` or all): KITTI IMU + CAN generated from the DBC, and its signals."""
+    """The clean drive (first ``duration_s`` or all): KITTI IMU + CAN generated from the DBC (+ the KITTI GPS fixes
+    when the config reads GNSS), and its signals."""
     drive = load_kitti_drive()
     if duration_s is not None:
         drive = drive.head(duration_s)
     can = generate_can_events(drive, config, seed=seed)
-    events = concat_events([imu_events(drive.t, drive.accel, drive.gyro), can])
+    parts = [imu_events(drive.t, drive.accel, drive.gyro), can]
+    if "gnss" in config.streams:  # the drive's real fixes, as the demo bag carries them (WGS84 around its origin)
+        parts.append(gnss_stream.to_events(list(zip(drive.gps_t, fix_values(drive.gps_xyz)))))
+    events = concat_events(parts)
     phys = vehicle_signals(drive, seed)
     meta = {"source": CITATION, "dbc": config.dbc, "duration_s": drive.duration_s, "seed": seed}
     return Recording(events, ("imu",), meta), {"drive": drive, "physical": phys}

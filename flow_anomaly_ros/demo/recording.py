@@ -20,15 +20,15 @@ The ground truth goes beside the messages, inside the bag directory (``ros2 bag`
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flow_anomaly_ros.data.bags import BagWriter, make_qos
+from flow_anomaly_ros.data.kitti import GPS_SIGMA_M, local_to_geodetic
 from flow_anomaly_ros.demo import config as C
 from flow_anomaly_ros.demo.config import DemoConfig
 from flow_anomaly_ros.demo.timeseries_source import TimeseriesStreams, build_streams
@@ -37,31 +37,6 @@ GROUND_TRUTH_FILE = "ground_truth.json"
 CAMERA_LABELS_FILE = "camera_labels.npz"
 GROUND_TRUTH_VERSION = 1
 NS = 1_000_000_000
-
-# WGS84
-_A = 6378137.0
-_E2 = 6.69437999014e-3
-
-
-def local_to_geodetic(
-    xyz: np.ndarray,
-    lat0_deg: float = C.GPS_ORIGIN_LAT_DEG,
-    lon0_deg: float = C.GPS_ORIGIN_LON_DEG,
-    alt0_m: float = C.GPS_ORIGIN_ALT_M,
-) -> np.ndarray:
-    """Local tangent-plane metres (x east, y north, z up) -> (lat, lon, alt) on WGS84 around the origin.
-
-    Uses the meridian and prime-vertical radii at the origin; over the few kilometres of a KITTI drive the error is
-    centimetres, far below GPS noise.
-    """
-    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    lat0 = math.radians(lat0_deg)
-    s = math.sin(lat0)
-    n = _A / math.sqrt(1 - _E2 * s * s)  # prime vertical radius
-    m = _A * (1 - _E2) / (1 - _E2 * s * s) ** 1.5  # meridian radius
-    lat = lat0_deg + np.degrees(xyz[:, 1] / (m + alt0_m))
-    lon = lon0_deg + np.degrees(xyz[:, 0] / ((n + alt0_m) * math.cos(lat0)))
-    return np.stack([lat, lon, alt0_m + xyz[:, 2]], axis=1)
 
 
 @dataclass
@@ -137,7 +112,7 @@ class _Messages:
             data=np.ascontiguousarray(rgb, np.uint8).reshape(-1),
         )
 
-    def fix(self, t_s: float, lat_lon_alt: np.ndarray, sigma_m: float = 1.5) -> Any:
+    def fix(self, t_s: float, lat_lon_alt: np.ndarray, sigma_m: float = GPS_SIGMA_M) -> Any:
         cov = np.zeros(9)
         cov[0] = cov[4] = sigma_m**2
         cov[8] = (2 * sigma_m) ** 2

@@ -1,7 +1,10 @@
-"""Input events shared by the live node and offline scoring: IMU samples and CAN frames.
+"""Input events shared by the live node and offline scoring: IMU samples, CAN frames and the registry's streams.
 
-A *recording* is a numpy structured array (:data:`EVENT_DTYPE`) of IMU samples and CAN frames sorted by stamp,
-plus the names of the IMU sources its ``source`` column indexes. The same rows feed
+A *recording* is a numpy structured array (:data:`EVENT_DTYPE`) of IMU samples, CAN frames and samples of the other
+streams of :mod:`flow_anomaly_ros.streams` (GNSS fixes ...) sorted by stamp, plus the names of the IMU sources its
+``source`` column indexes. IMU and CAN have columns of their own; every other stream packs its sample into the
+``values`` column (up to :data:`VALUES_WIDTH` numbers, the layout its stream module documents) with its own ``kind``
+code, so a new stream needs no change here. The same rows feed
 :class:`flow_anomaly_ros.timeseries.pipeline.StreamingScorer` offline (``score_recording``) and, converted to ROS
 messages, the node; that is why live and offline scores are identical. The field names follow the event files of
 the node's replay publisher (``test/ts_replay_publisher.py``).
@@ -22,20 +25,21 @@ from typing import Any, NamedTuple
 import numpy as np
 
 KIND_IMU, KIND_CAN = 0, 1
-EVENT_DTYPE = np.dtype(
-    [
-        ("kind", "i1"),
-        ("stamp", "f8"),
-        ("source", "i2"),  # IMU: index into Recording.imu_sources
-        ("accel", "f8", (3,)),
-        ("gyro", "f8", (3,)),
-        ("can_id", "u4"),
-        ("data", "u1", (8,)),
-        ("dlc", "u1"),
-        ("is_error", "?"),
-        ("is_extended", "?"),
-    ]
-)
+VALUES_WIDTH = 12
+_BASE_FIELDS = [
+    ("kind", "i1"),
+    ("stamp", "f8"),
+    ("source", "i2"),  # IMU: index into Recording.imu_sources
+    ("accel", "f8", (3,)),
+    ("gyro", "f8", (3,)),
+    ("can_id", "u4"),
+    ("data", "u1", (8,)),
+    ("dlc", "u1"),
+    ("is_error", "?"),
+    ("is_extended", "?"),
+]
+_V1_DTYPE = np.dtype(_BASE_FIELDS)  # recordings saved before the ``values`` column (IMU and CAN only)
+EVENT_DTYPE = np.dtype([*_BASE_FIELDS, ("values", "f8", (VALUES_WIDTH,))])
 
 
 class ImuSample(NamedTuple):
@@ -91,6 +95,19 @@ def can_events(
     return ev
 
 
+def stream_events(kind: int, stamps: np.ndarray, values: np.ndarray, source: int = 0) -> np.ndarray:
+    """Rows of a registry stream: ``values`` (N, k) with k <= VALUES_WIDTH, in its stream module's layout."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(stamps), -1)
+    if values.shape[1] > VALUES_WIDTH:
+        raise ValueError(f"a stream sample holds at most {VALUES_WIDTH} values, got {values.shape[1]}")
+    ev = new_events(len(stamps))
+    ev["kind"] = kind
+    ev["stamp"] = stamps
+    ev["source"] = source
+    ev["values"][:, : values.shape[1]] = values
+    return ev
+
+
 def concat_events(parts: Iterable[np.ndarray]) -> np.ndarray:
     """Concatenate event arrays and sort them by stamp (stable, so equal stamps keep their order)."""
     ev = np.concatenate([np.asarray(p, dtype=EVENT_DTYPE) for p in parts])
@@ -132,6 +149,10 @@ class Recording:
 
         with np.load(path, allow_pickle=False) as z:
             events = z["events"]
+            if events.dtype == _V1_DTYPE:  # IMU/CAN-only file of an earlier version: same rows, no values
+                old, events = events, new_events(len(events))
+                for name in _V1_DTYPE.names:
+                    events[name] = old[name]
             if events.dtype != EVENT_DTYPE:
                 raise ValueError(f"{path}: events have dtype {events.dtype}, expected {EVENT_DTYPE}")
             return cls(events, tuple(str(s) for s in z["imu_sources"]), json.loads(str(z["meta"])))

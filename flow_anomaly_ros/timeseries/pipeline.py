@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from flow_anomaly_ros import streams
 from flow_anomaly_ros.model_store import ModelFileError, load_model_dir, model_id, read_manifest
 from flow_anomaly_ros.timeseries.detectors import KIND_PREFIX, Detector, detector_from_loaded
 from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, CanFrame, ImuSample, Recording
@@ -91,6 +92,23 @@ class _CanEntry:
 
 
 @dataclass
+class _RegistryStream:
+    """A registry stream other than IMU/CAN (GNSS ...): its kind, the per-topic state its columns derive from, the
+    buffer of its signals, and which of the kind's fields they are with their SI scales."""
+
+    kind: Any  # flow_anomaly_ros.streams.StreamKind
+    buffer: SampleBuffer
+    field_index: np.ndarray
+    scale: np.ndarray
+    state: Any = None
+    last: float | None = None
+
+    def restart(self) -> None:
+        self.state = self.kind.new_state() if self.kind.new_state is not None else None
+        self.last = None
+
+
+@dataclass
 class _Stream:
     """Signals that always arrive together (one IMU source, one CAN message): one buffer, a column each."""
 
@@ -132,6 +150,19 @@ class WindowFeaturizer:
         for source, fields in imu_fields.items():
             buf = stream([i for _, i, _ in fields])
             self.imu_map[source] = (buf, np.array([f for f, _, _ in fields]), np.array([c for _, _, c in fields]))
+        # registry streams (GNSS ...): one buffer per stream, one topic each (source = the stream's name)
+        self.stream_map: dict[str, _RegistryStream] = {}
+        for name in self.config.streams:
+            if name in ("imu", "can"):
+                continue
+            kind = streams.get(name)
+            cols = [
+                (i, kind.fields.index(s.stream_field), s.si_scale) for i, s in enumerate(signals) if s.stream == name
+            ]
+            buf = stream([i for i, _, _ in cols])
+            self.stream_map[name] = _RegistryStream(
+                kind, buf, np.array([f for _, f, _ in cols]), np.array([c for _, _, c in cols])
+            )
         self.timing = [SampleBuffer() for _ in self.config.can_messages]
         self.can_map: dict[tuple[int, bool], _CanEntry] = {}
         if self.config.can_messages:
@@ -172,6 +203,8 @@ class WindowFeaturizer:
         for b in self._buffers:
             b.clear()
         self._last_imu: dict[str, float] = {}
+        for entry in self.stream_map.values():
+            entry.restart()
         self._last_can: dict[tuple[int, bool], float] = {}
         self._first_stamp: float | None = None
         self._next_end_k: int | None = None
@@ -250,6 +283,43 @@ class WindowFeaturizer:
         buf, field_index, scale = stream
         self._append_signals(buf, stamp_s, values[field_index] * scale)
         self._count(f"{what}_accepted")
+        return None
+
+    def push_sample(self, stream: str, stamp_s: float, values: Any) -> str | None:
+        """Add one sample of a registry stream other than IMU/CAN (``values`` in its module's raw layout, e.g. a
+        GNSS fix). Its columns are derived by the stream module (against the previous sample of the topic). Returns
+        None if accepted, else why it was rejected."""
+        entry = self.stream_map.get(stream)
+        if entry is None:
+            self._count(f"{stream}_unused")
+            return f"{stream}: stream not used by the model (streams: {self.config.streams})"
+        stamp_s = float(stamp_s)
+        if (reason := self._check_stamp(stamp_s, stream)) is not None:
+            return reason
+        if entry.last is not None and stamp_s <= entry.last:
+            if stamp_s == entry.last:
+                self._count(f"{stream}_duplicate")
+                return f"{stream}: duplicate stamp {stamp_s:.6f}"
+            self._count(f"{stream}_out_of_order")
+            self._mark_invalid(stamp_s, "out_of_order")
+            return f"{stream}: out-of-order stamp {stamp_s:.6f} < {entry.last:.6f}"
+        entry.last = stamp_s
+        try:
+            raw = np.asarray(values, dtype=np.float64)
+            row = raw if entry.kind.derive is None else entry.kind.derive(entry.state, stamp_s, raw)
+            if row is not None:
+                row = np.asarray(row, dtype=np.float64)[entry.field_index] * entry.scale
+        except (TypeError, ValueError, IndexError) as exc:
+            self._count(f"{stream}_invalid")
+            self._mark_invalid(stamp_s, "nan")
+            return f"{stream}: invalid sample: {exc}"
+        if row is not None:
+            if not np.all(np.isfinite(row)):
+                self._count(f"{stream}_invalid")
+                self._mark_invalid(stamp_s, "nan")
+                return f"{stream}: NaN/Inf in sample"
+            self._append_signals(entry.buffer, stamp_s, row)
+        self._count(f"{stream}_accepted")
         return None
 
     def push_can(
@@ -578,6 +648,9 @@ class StreamingScorer:
 
     def push_imu(self, stamp_s: float, accel: Any, gyro: Any, source: str = "imu") -> str | None:
         return self.featurizer.push_imu(stamp_s, accel, gyro, source)
+
+    def push_sample(self, stream: str, stamp_s: float, values: Any) -> str | None:
+        return self.featurizer.push_sample(stream, stamp_s, values)
 
     def push_can(
         self,
