@@ -6,8 +6,7 @@ timer, the message layout and the ``hardware_id``. Levels follow diagnostic_msgs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -15,9 +14,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 
-# Plain ints (diagnostic_msgs defines them as single bytes); make_status converts.
-OK, WARN, ERROR, STALE = 0, 1, 2, 3
-LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+from flow_anomaly_ros.health import ERROR, LEVEL_NAMES, OK, STALE, WARN, Health  # noqa: F401  (re-exported)
+
 # Health is reported on wall time: with use_sim_time the ROS clock stops while a bag is paused or not yet playing.
 STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
 
@@ -26,13 +24,6 @@ def level_of(status: DiagnosticStatus) -> int:
     """The level of a received DiagnosticStatus as an int."""
     level = status.level
     return level[0] if isinstance(level, (bytes, bytearray)) else int(level)
-
-
-@dataclass
-class Health:
-    level: int = OK
-    message: str = "ok"
-    values: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _fmt(value: Any) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 
 def _task_ids() -> list[int]:
@@ -71,3 +72,22 @@ def set_realtime(priority: int) -> str:
     except (OSError, AttributeError) as exc:  # PermissionError, no /proc, or not Linux
         return f"refused ({type(exc).__name__}: {exc}); normal scheduling"
     return f"SCHED_FIFO {priority} ({len(tids)} threads)"
+
+
+def apply_scheduling(cpus: Sequence[int], priority: int, logger: Any) -> tuple[str, str]:
+    """Pin this process's threads to ``cpus`` (if any), then SCHED_FIFO ``priority`` (if > 0); logs what happened
+    (a warning when refused) and returns ``(cpu_affinity, realtime)`` for diagnostics ("off" where not asked)."""
+    affinity = realtime = "off"
+    if cpus:
+        affinity = pin_threads(cpus)
+        if affinity.startswith("refused"):
+            logger.warn(f"cpu_affinity={list(cpus)}: {affinity}")
+        else:
+            logger.info(f"threads pinned to {affinity}")
+    if priority > 0:
+        realtime = set_realtime(priority)
+        if realtime.startswith("refused"):
+            logger.warn(f"thread_priority={priority}: {realtime}")
+        else:
+            logger.info(f"threads now {realtime}")
+    return affinity, realtime

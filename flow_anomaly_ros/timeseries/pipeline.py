@@ -36,6 +36,7 @@ from flow_anomaly_ros.model_store import ModelFileError, load_model_dir, model_i
 from flow_anomaly_ros.timeseries.detectors import KIND_PREFIX, Detector, detector_from_loaded
 from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, CanFrame, ImuSample, Recording
 from flow_anomaly_ros.timeseries.features import CanTiming, FeatureLayout
+from flow_anomaly_ros.timeseries.live_scoring import LiveScoring
 from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
 from flow_anomaly_ros.timeseries.resample import SampleBuffer
 from flow_anomaly_ros.timeseries.signals import IMU_FIELDS, ConfigError, PipelineConfig, load_dbc, resolve_dbc_path
@@ -749,22 +750,26 @@ def _iter_events(events: Any, imu_sources: tuple[str, ...]) -> Iterable[ImuSampl
     yield from events
 
 
+RECORDING = "recording"  # the one input topic of an offline recording (merged in stamp order)
+
+
 def _drive(target: Any, events: Any, imu_sources: tuple[str, ...], poll_end: bool) -> list[Any]:
-    """Push events in order, finalising windows just before the first event at or after their end."""
+    """Offline scoring is live scoring's in-order case: one input (the recording in stamp order), so a window is
+    finalised at the first event at or after its end; no clock jumps, drops or silence, nothing prepared ahead."""
     out: list[Any] = []
-    featurizer = target.featurizer if isinstance(target, StreamingScorer) else target
-    last = None
+    live = LiveScoring(
+        target, (RECORDING,), lambda results, _published, _t: out.extend(results), prepare_ahead=False,
+        explain_in_poll=True,
+    )  # fmt: skip
+    push = live.push
     for ev in _iter_events(events, imu_sources):
-        nxt = featurizer.next_window_end
-        if nxt is not None and ev.stamp_s >= nxt:
-            out += target.poll(ev.stamp_s)
+        stamp = ev.stamp_s
         if isinstance(ev, ImuSample):
-            target.push_imu(ev.stamp_s, ev.accel, ev.gyro, ev.source)
+            push(stamp, "imu", ev.source, (stamp, ev.accel, ev.gyro), RECORDING)
         else:
-            target.push_can(ev.stamp_s, ev.can_id, ev.data, ev.dlc, ev.is_error, ev.is_extended)
-        last = ev.stamp_s
-    if poll_end and last is not None:
-        out += target.poll(last)
+            push(stamp, "can", "can", (stamp, ev.can_id, ev.data, ev.dlc, ev.is_error, ev.is_extended), RECORDING)
+    if poll_end:
+        live.finish()
     return out
 
 
