@@ -135,7 +135,8 @@ def test_relative_model_path_resolves_against_the_package_not_the_working_direct
     marker.parent.mkdir(parents=True)
     marker.touch()
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
-    assert resolve_model_path("models/seg_base_mobilenet") == str(share / "models" / "seg_base_mobilenet")  # installed share
+    installed = share / "models" / "seg_base_mobilenet"
+    assert resolve_model_path("models/seg_base_mobilenet") == str(installed)  # the installed share
     (tmp_path / "models" / "seg_base_mobilenet").mkdir(parents=True)
     assert resolve_model_path("models/seg_base_mobilenet") == "models/seg_base_mobilenet"  # the working directory wins
     assert resolve_model_path("/abs/missing") == "/abs/missing" and resolve_model_path("nope") == "nope"

@@ -34,9 +34,8 @@ def _print_metrics(ev) -> None:
     cam = scalar_items(ev.metrics.get("camera", {}))
     print("  camera                " + "  ".join(f"{k}={fmt_value(v)}" for k, v in cam.items()))
     for row in ev.latency:
-        print(
-            f"  latency {row['stage']}: p50 {fmt_value(row['p50_ms'])} ms, p99 {fmt_value(row['p99_ms'])} ms (n={row['count']})"
-        )
+        p50, p99 = fmt_value(row["p50_ms"]), fmt_value(row["p99_ms"])
+        print(f"  latency {row['stage']}: p50 {p50} ms, p99 {p99} ms (n={row['count']})")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

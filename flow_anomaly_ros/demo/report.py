@@ -307,16 +307,18 @@ def _headline(offline: Any, live: Any | None, det: str) -> str:
     mode = "live over DDS" if live is not None else "offline"
     parts = []
     if m:
+        nan = float("nan")
         parts.append(
-            f"time series ({det}, {mode}): event recall {fmt_value(m.get('event_recall', float('nan')))} "
-            f"of {fmt_value(m.get('events', 0))} injected faults, ROC-AUC {fmt_value(m.get('roc_auc', float('nan')))}, "
-            f"AP {fmt_value(m.get('ap', float('nan')))}, mean detection delay {fmt_value(m.get('mean_delay_s', float('nan')))} s"
+            f"time series ({det}, {mode}): event recall {fmt_value(m.get('event_recall', nan))} "
+            f"of {fmt_value(m.get('events', 0))} injected faults, ROC-AUC {fmt_value(m.get('roc_auc', nan))}, "
+            f"AP {fmt_value(m.get('ap', nan))}, mean detection delay {fmt_value(m.get('mean_delay_s', nan))} s"
         )
     if cam:
+        nan = float("nan")
         parts.append(
-            f"camera ({mode}): pixel AP {fmt_value(cam.get('ap', float('nan')))}, AUROC "
-            f"{fmt_value(cam.get('auroc', float('nan')))}, FPR95 {fmt_value(cam.get('fpr95', float('nan')))}, anomalous frames "
-            f"found {fmt_value(cam.get('frame_recall', float('nan')))} (precision {fmt_value(cam.get('frame_precision', 0.0))})"
+            f"camera ({mode}): pixel AP {fmt_value(cam.get('ap', nan))}, AUROC "
+            f"{fmt_value(cam.get('auroc', nan))}, FPR95 {fmt_value(cam.get('fpr95', nan))}, anomalous frames "
+            f"found {fmt_value(cam.get('frame_recall', nan))} (precision {fmt_value(cam.get('frame_precision', 0.0))})"
         )
     return "<p><b>Headline.</b> " + html.escape("; ".join(parts)) + ".</p>" if parts else ""
 
