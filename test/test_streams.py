@@ -127,3 +127,50 @@ def test_gnss_config_parses_and_names_bad_fields(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"gnss field 'heading' not one of \['speed'"):
         load_pipeline_config(bad)
+
+
+def test_gnss_jump_in_a_demo_bag_stands_out_of_every_clean_window(demo_bag):
+    """The demo recorder's injected GPS jump (tens of metres) against the clean windows of the same bag: the step
+    between fixes beyond the CAN-speed distance (``speed.gnss_vs_can``) is many times larger in the jump's windows
+    than anywhere in clean driving (the feature, not a threshold on the injected size)."""
+    from flow_anomaly_ros.data.bag_recording import recording_from_bag
+    from flow_anomaly_ros.demo.recording import load_ground_truth
+    from flow_anomaly_ros.timeseries.features import FeatureLayout
+    from flow_anomaly_ros.timeseries.pipeline import featurize_recording, stack_features
+    from flow_anomaly_ros.timeseries.signals import DEFAULT_CONFIG_PATH, load_pipeline_config
+    from flow_anomaly_ros.timeseries.status import OK
+
+    config, _ = load_pipeline_config(DEFAULT_CONFIG_PATH.with_name("timeseries_model_gnss.yaml"))
+    rec = recording_from_bag(demo_bag, IMU, CAN, {"gnss": GPS})
+    windows = featurize_recording(config, rec)
+    assert sum(w.status == OK for w in windows) > 100  # GNSS warms up over its first fixes, then every window scores
+    x, idx = stack_features(windows)
+    residual = np.abs(x[:, FeatureLayout(config).names.index("speed.gnss_vs_can:mean")])
+    [jump] = [iv for iv in load_ground_truth(demo_bag)["intervals"] if iv["kind"] == "gps_jump"]
+    start = np.array([windows[i].start_s for i in idx])
+    end = np.array([windows[i].end_s for i in idx])
+    during = (end > jump["start_s"]) & (start < jump["end_s"])
+    # clean: before the jump, or after the fix that jumps back (<= 1 s after its end) has been held for its 1 s
+    clean = (end < jump["start_s"]) | (start > jump["end_s"] + 2.0)
+    assert clean.sum() > 50
+    assert residual[during].max() > 5 * residual[clean].max()
+
+
+def test_ts_train_bag_reads_gnss_through_the_registry(demo_bag, tmp_path):
+    from flow_anomaly_ros.timeseries.bag_training import BagTrainingError, stream_topic_map, train_from_bags
+    from flow_anomaly_ros.timeseries.pipeline import StreamingScorer
+    from flow_anomaly_ros.timeseries.signals import DEFAULT_CONFIG_PATH, load_pipeline_config
+
+    config, doc = load_pipeline_config(DEFAULT_CONFIG_PATH.with_name("timeseries_model_gnss.yaml"))
+    doc = {**doc, "split": {"train": [0.0, 0.6], "calibrate": [0.6, 1.0]}}  # an 18 s bag: slices long enough
+    assert stream_topic_map(None, config) == {"gnss": GPS}  # the registry's default topic
+    assert stream_topic_map(["gnss=/car/fix"], config) == {"gnss": "/car/fix"}
+    with pytest.raises(BagTrainingError, match="reads no 'odom' stream"):
+        stream_topic_map(["odom=/odom"], config)
+    with pytest.raises(BagTrainingError, match="topic /car/fix is not in the bag"):
+        train_from_bags(config, doc, [demo_bag], "iforest", topics={"gnss": "/car/fix"})
+    model, summary = train_from_bags(config, doc, [demo_bag], "iforest")
+    assert summary["signals"]["gnss.speed"]["samples"] == 18  # one per fix
+    assert summary["data"]["topics"] == {"gnss": GPS}
+    model.save(tmp_path / "model")
+    assert StreamingScorer.from_model_dir(tmp_path / "model").config.streams == ["imu", "can", "gnss"]

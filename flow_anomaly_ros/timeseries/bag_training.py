@@ -64,6 +64,23 @@ def imu_topic_map(specs: Sequence[str] | None, config: PipelineConfig) -> dict[s
     return {t: s for t, s in out.items() if s in sources}
 
 
+def stream_topic_map(specs: Sequence[str] | None, config: PipelineConfig) -> dict[str, str]:
+    """``--topic`` values (``STREAM=TOPIC``) -> {stream: topic} for the config's registry streams other than IMU and
+    CAN (GNSS ...); a stream not given reads its registry default topic (``/gps/fix`` for GNSS)."""
+    from flow_anomaly_ros import streams
+
+    wanted = [n for n in config.streams if n not in ("imu", "can")]
+    out = {n: "/" + streams.get(n).default_topic for n in wanted}
+    for spec in specs or []:
+        name, sep, topic = spec.partition("=")
+        if not sep or not topic:
+            raise BagTrainingError(f"--topic takes STREAM=TOPIC (e.g. gnss=/gps/fix), got {spec!r}")
+        if name not in wanted:
+            raise BagTrainingError(f"--topic {spec}: the config reads no {name!r} stream (it reads {wanted or 'none'})")
+        out[name] = topic
+    return out
+
+
 def resolve_config_dbc(config: PipelineConfig, config_path: Path | None) -> PipelineConfig:
     """Check the DBC exists; a relative ``.dbc`` path not found from here is looked up next to the config file.
 
@@ -103,6 +120,7 @@ class SignalCoverage:
 
 def signal_coverage(config: PipelineConfig, rec: Recording) -> SignalCoverage:
     """Which configured signals the recording carries, how often, and why a missing CAN signal is missing."""
+    from flow_anomaly_ros import streams
     from flow_anomaly_ros.timeseries.signals import load_dbc
 
     ev = rec.events
@@ -117,6 +135,8 @@ def signal_coverage(config: PipelineConfig, rec: Recording) -> SignalCoverage:
         if s.is_imu:
             src = rec.imu_sources.index(s.imu_source) if s.imu_source in rec.imu_sources else -1
             sel = (ev["kind"] == KIND_IMU) & (ev["source"] == src)
+        elif not s.is_can:  # a registry stream (GNSS ...): its messages
+            sel = ev["kind"] == streams.get(s.stream_name).kind
         else:
             msg = db.get_message_by_name(s.can_message)
             same_id = is_can & (ev["can_id"] == msg.frame_id) & (ev["is_extended"] == bool(msg.is_extended_frame))
@@ -146,8 +166,10 @@ def load_bag_recordings(
     imu_topics: dict[str, str],
     can_topic: str | None,
     stamp_source: str = "header",
+    topics: dict[str, str] | None = None,
 ) -> list[tuple[Recording, SignalCoverage]]:
-    """Read every bag; BagTrainingError naming the bag and the missing topics or signals."""
+    """Read every bag; BagTrainingError naming the bag and the missing topics or signals. ``topics``: the config's
+    other registry streams -> topic (default :func:`stream_topic_map`'s)."""
     from flow_anomaly_ros.data.bag_recording import BagTopicError, read_recording
 
     if config.can_messages and not can_topic:
@@ -155,16 +177,19 @@ def load_bag_recordings(
             f"the config uses CAN messages {config.can_messages} but --can-topic is empty; give the can_msgs/Frame "
             "topic (ros2_socketcan publishes /from_can_bus)"
         )
+    topics = stream_topic_map(None, config) if topics is None else topics
     out = []
     for bag in bags:
         try:
-            rec, _ = read_recording(bag, imu_topics, can_topic if config.can_messages else None, stamp_source)
+            rec, _ = read_recording(
+                bag, imu_topics, can_topic if config.can_messages else None, stamp_source, topics=topics
+            )
         except BagTopicError as exc:
             raise BagTrainingError(str(exc)) from exc
         cov = signal_coverage(config, rec)
         if cov.missing:
             details = "; ".join(cov.problems)
-            can_missing = [n for n in cov.missing if not config.signals[config.signal_names.index(n)].is_imu]
+            can_missing = [n for n in cov.missing if config.signals[config.signal_names.index(n)].is_can]
             hint = f" CAN ids on {can_topic}: {_ids_seen(rec)}." if can_missing else ""
             raise BagTrainingError(
                 f"bag {bag}: signal(s) never seen: {', '.join(cov.missing)}"
@@ -267,8 +292,10 @@ def train_from_bags(
     stamp_source: str = "header",
     threads: int | None = 1,
     progress: bool = False,
+    topics: dict[str, str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Fit normaliser + detector on clean bags; returns the model and the summary stored in its manifest."""
+    """Fit normaliser + detector on clean bags; returns the model and the summary stored in its manifest.
+    ``topics``: the config's other registry streams -> topic (default: their registry topics)."""
     from flow_anomaly_ros.timeseries.experiment import fit_model, train_stride
     from flow_anomaly_ros.timeseries.pipeline import WindowFeaturizer
     from flow_anomaly_ros.timeseries.signals import ConfigError
@@ -280,7 +307,8 @@ def train_from_bags(
         raise BagTrainingError(str(exc)) from exc
     imu_topics = imu_topics if imu_topics is not None else imu_topic_map(None, config)
     fractions = split_fractions(doc)
-    loaded = load_bag_recordings(config, bags, imu_topics, can_topic, stamp_source)
+    topics = stream_topic_map(None, config) if topics is None else topics
+    loaded = load_bag_recordings(config, bags, imu_topics, can_topic, stamp_source, topics)
     t_read = time.perf_counter() - t0
     stride = train_stride(config, doc)
     feats, stats = bag_features(config, [r for r, _ in loaded], fractions, stride)
@@ -300,6 +328,7 @@ def train_from_bags(
             "bags": [str(Path(b).resolve()) for b in bags],
             "imu_topics": imu_topics,
             "can_topic": can_topic or "",
+            **({"topics": topics} if topics else {}),
             "stamps": stamp_source,
             "duration_s": total,
             "split_fractions": fractions,
@@ -344,6 +373,7 @@ def score_bag(
     can_topic: str | None = DEFAULT_CAN_TOPIC,
     stamp_source: str = "header",
     top: int = 3,
+    stream_topics: Sequence[str] | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     """Window results of the node's StreamingScorer on the bag, and a summary (alarm rate, status counts)."""
     from flow_anomaly_ros.timeseries.pipeline import OK, STATUS_NAMES, StreamingScorer, score_recording
@@ -351,7 +381,8 @@ def score_bag(
     scorer = StreamingScorer.from_model_dir(model_dir, contributions="all" if top > 0 else "none")
     config = scorer.config
     topics = imu_topic_map(imu_topics, config)
-    [(rec, cov)] = load_bag_recordings(config, [bag], topics, can_topic, stamp_source)
+    others = stream_topic_map(stream_topics, config)
+    [(rec, cov)] = load_bag_recordings(config, [bag], topics, can_topic, stamp_source, others)
     results = score_recording(scorer, rec)
     ok = [r for r in results if r.status == OK]
     alarms = [r.is_anomaly for r in results]
@@ -437,6 +468,14 @@ def _add_bag_inputs(p: argparse.ArgumentParser, bag_help: str, repeat: bool) -> 
         help=f"can_msgs/Frame topic as ros2_socketcan publishes it (default {DEFAULT_CAN_TOPIC}; '' = none)",
     )
     p.add_argument(
+        "--topic",
+        action="append",
+        default=None,
+        metavar="STREAM=TOPIC",
+        help="topic of another input stream the config reads (e.g. gnss=/gps/fix; default: the stream's registry "
+        "topic, /gps/fix for gnss)",
+    )
+    p.add_argument(
         "--stamps",
         choices=("header", "bag"),
         default="header",
@@ -457,6 +496,7 @@ def cmd_train_bag(args: argparse.Namespace) -> int:
     try:
         config = resolve_config_dbc(config, args.config)
         topics = imu_topic_map(args.imu_topic, config)
+        others = stream_topic_map(args.topic, config)
         params = detector_params(args.detector, args.quick, args.epochs)
         model, summary = train_from_bags(
             config,
@@ -469,6 +509,7 @@ def cmd_train_bag(args: argparse.Namespace) -> int:
             args.stamps,
             threads=args.threads,
             progress=True,
+            topics=others,
         )
     except BagTrainingError as exc:
         raise _user_error(exc) from exc
@@ -508,7 +549,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     try:
         with torch_threads(args.threads):
-            results, s = score_bag(args.model, args.bag, args.imu_topic, args.can_topic, args.stamps, args.top)
+            results, s = score_bag(
+                args.model, args.bag, args.imu_topic, args.can_topic, args.stamps, args.top, args.topic
+            )
     except BagTrainingError as exc:
         raise _user_error(exc) from exc
     if args.out:

@@ -58,6 +58,14 @@ class CanFrame(NamedTuple):
     is_extended: bool = False
 
 
+class StreamSample(NamedTuple):
+    """One sample of a registry stream other than IMU/CAN (``values`` in its module's layout, e.g. a GNSS fix)."""
+
+    stamp_s: float
+    stream: str
+    values: Sequence[float]
+
+
 def new_events(n: int) -> np.ndarray:
     return np.zeros(n, dtype=EVENT_DTYPE)
 

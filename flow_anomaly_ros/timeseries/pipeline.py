@@ -34,7 +34,7 @@ import numpy as np
 from flow_anomaly_ros import streams
 from flow_anomaly_ros.model_store import ModelFileError, load_model_dir, model_id, read_manifest
 from flow_anomaly_ros.timeseries.detectors import KIND_PREFIX, Detector, detector_from_loaded
-from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, CanFrame, ImuSample, Recording
+from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU, CanFrame, ImuSample, Recording, StreamSample
 from flow_anomaly_ros.timeseries.features import CanTiming, FeatureLayout
 from flow_anomaly_ros.timeseries.live_scoring import LiveScoring
 from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
@@ -731,7 +731,7 @@ class StreamingScorer:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _iter_events(events: Any, imu_sources: tuple[str, ...]) -> Iterable[ImuSample | CanFrame]:
+def _iter_events(events: Any, imu_sources: tuple[str, ...]) -> Iterable[ImuSample | CanFrame | StreamSample]:
     if isinstance(events, Recording):
         imu_sources, events = events.imu_sources, events.events
     if isinstance(events, np.ndarray):
@@ -746,6 +746,8 @@ def _iter_events(events: Any, imu_sources: tuple[str, ...]) -> Iterable[ImuSampl
                 yield CanFrame(
                     float(stamp[i]), int(cid[i]), data[i, : min(n, 8)].tobytes(), n, bool(err[i]), bool(ext[i])
                 )
+            else:  # a registry stream (GNSS ...): its sample in the values column
+                yield StreamSample(float(stamp[i]), streams.by_kind(int(kind[i])).name, events["values"][i])
         return
     yield from events
 
@@ -766,6 +768,8 @@ def _drive(target: Any, events: Any, imu_sources: tuple[str, ...], poll_end: boo
         stamp = ev.stamp_s
         if isinstance(ev, ImuSample):
             push(stamp, "imu", ev.source, (stamp, ev.accel, ev.gyro), RECORDING)
+        elif isinstance(ev, StreamSample):
+            push(stamp, ev.stream, ev.stream, (stamp, ev.values), RECORDING)
         else:
             push(stamp, "can", "can", (stamp, ev.can_id, ev.data, ev.dlc, ev.is_error, ev.is_extended), RECORDING)
     if poll_end:
