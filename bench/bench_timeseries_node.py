@@ -1,4 +1,4 @@
-"""Benchmark of timeseries_anomaly_node under sustained vehicle-bus load (issue: ~1,000 messages/s).
+"""Benchmark of timeseries_anomaly_node under sustained vehicle-bus load: ~1,000 msg/s and a saturated bus.
 
 A publisher process (``test/ts_replay_publisher.py``) sends the real KITTI IMU at 100 Hz and CAN frames generated
 from the opendbc Toyota Prius DBC (the 7 messages the model tracks, about 380 frames/s, plus 5 further DBC messages at
@@ -19,7 +19,11 @@ that bus would be). Measured over the run:
   drivers, to the others: how a vehicle computer would run it), one with ``thread_priority:=50`` (SCHED_FIFO) and
   one with both. The machine's load average is recorded: other jobs on the CPUs show up directly in the tail.
 
-Usage: python bench/bench_timeseries_node.py --out bench/results/timeseries_node.md [--quick]
+A second load saturates the bus: every DBC message the model does not track as background, ~4,000 CAN frames/s in
+all (a full 500 kbit/s bus), with the IMU at 200 Hz (KITTI's 100 Hz interpolated), its own tiny model trained on
+that traffic, node with default parameters (the shipped configuration).
+
+Usage: python bench/bench_timeseries_node.py --out bench/results/timeseries_node.md [--quick] [--loads 1000 saturated]
 """
 
 from __future__ import annotations
@@ -43,11 +47,16 @@ from common import markdown_table, parser, write_result  # noqa: E402
 
 BACKGROUND = ("BRAKE", "GEAR_PACKET", "PCM_CRUISE", "BRAKE_MODULE2", "STEER_TORQUE_SENSOR")  # untracked, 100 Hz each
 BACKGROUND_PERIOD_S = 0.01
+SATURATED_CAN_HZ, SATURATED_IMU_HZ = 4000.0, 200.0  # a full 500 kbit/s bus, and an IMU at twice KITTI's rate
 TRAIN_S, CALIB_S = 40.0, 20.0
 
 
-def build_data(duration_s: float, workdir: Path):
-    """(pipeline config with the background ids expected, model dir, events of the benchmark replay)."""
+def build_data(duration_s: float, workdir: Path, saturated: bool = False):
+    """(pipeline config with the background ids expected, model dir, events of the benchmark replay).
+
+    ``saturated``: the IMU at 200 Hz (the KITTI IMU interpolated) and every DBC message the model does not track
+    as background, at the period that brings the bus to ~SATURATED_CAN_HZ frames/s (a 500 kbit/s bus is full at
+    about 4,000 8-byte frames/s: 47 + 64 bits each before stuff bits, ~125 with them)."""
     from ts_replay_publisher import quantised, train_tiny_model
 
     from flow_anomaly_ros.data.can_traffic import generate_can_events, message_times
@@ -57,7 +66,8 @@ def build_data(duration_s: float, workdir: Path):
 
     config, _ = default_config()
     db = load_dbc(config.dbc)
-    background = [db.get_message_by_name(n) for n in BACKGROUND]
+    names = [m.name for m in db.messages if m.name not in config.can_messages] if saturated else list(BACKGROUND)
+    background = [db.get_message_by_name(n) for n in names]
     config = dataclasses.replace(config, extra_expected_can_ids=tuple(int(m.frame_id) for m in background))
     drive = load_kitti_drive()
     t0, t1 = float(drive.t[0]), float(drive.t[0]) + TRAIN_S + CALIB_S + duration_s
@@ -65,9 +75,19 @@ def build_data(duration_s: float, workdir: Path):
     part = dataclasses.replace(drive, t=drive.t[m], accel=drive.accel[m], gyro=drive.gyro[m], speed=drive.speed[m],
                                gps_t=drive.gps_t[g], gps_xyz=drive.gps_xyz[g])  # fmt: skip
     rng = np.random.default_rng(0)
-    parts = [imu_events(part.t, part.accel, part.gyro), generate_can_events(part, config, seed=0)]
+    tracked = generate_can_events(part, config, seed=0)
+    if saturated:
+        t_imu = np.arange(part.t[0], part.t[-1], 1.0 / SATURATED_IMU_HZ)
+        accel, gyro = (
+            np.stack([np.interp(t_imu, part.t, x[:, i]) for i in range(3)], 1) for x in (part.accel, part.gyro)
+        )
+        imu = imu_events(t_imu, accel, gyro)
+        period = len(background) / (SATURATED_CAN_HZ - len(tracked) / (t1 - t0))
+    else:
+        imu, period = imu_events(part.t, part.accel, part.gyro), BACKGROUND_PERIOD_S
+    parts = [imu, tracked]
     for msg in background:
-        t = message_times(BACKGROUND_PERIOD_S, t1 - t0, rng, start=t0)
+        t = message_times(period, t1 - t0, rng, start=t0)
         data = rng.integers(0, 256, size=(len(t), 8), dtype=np.uint8)
         parts.append(can_events(t, np.full(len(t), msg.frame_id), data, np.full(len(t), msg.length)))
     events = quantised(concat_events(parts))
@@ -76,9 +96,29 @@ def build_data(duration_s: float, workdir: Path):
         config,
         events[st < t0 + TRAIN_S],
         events[(st >= t0 + TRAIN_S) & (st < t0 + TRAIN_S + CALIB_S)],
-        workdir / "model",
+        workdir / ("model_saturated" if saturated else "model"),
     )
     return config, model_dir, events[st >= t0 + TRAIN_S + CALIB_S]
+
+
+def shipped_params() -> dict[str, str]:
+    """The parameters ``config/timeseries_anomaly.yaml`` (the shipped configuration) sets to other values than the
+    node's defaults, as ``-p`` values (model, topics and the diagnostics period are the benchmark's own)."""
+    import yaml
+
+    from flow_anomaly_ros.ros.managed_node import COMMON_PARAMS
+    from flow_anomaly_ros.ros.timeseries_params import PARAMS
+
+    doc = yaml.safe_load((REPO / "config" / "timeseries_anomaly.yaml").read_text())
+    values = next(iter(doc.values()))["ros__parameters"]
+    defaults = {p.name: p.default for p in (*COMMON_PARAMS, *PARAMS)}
+    own = {"model_dir", "imu_topics", "imu_sources", "can_topic", "diagnostics_period_s"}
+    fmt = {bool: lambda v: str(v).lower(), list: lambda v: "[" + ",".join(map(str, v)) + "]"}
+    return {
+        k: fmt.get(type(v), str)(v)
+        for k, v in values.items()
+        if k not in own and (k not in defaults or defaults[k] != v)
+    }
 
 
 def _timed_scorer(model_dir: Path, contributions: str) -> tuple[Any, list[float]]:
@@ -234,8 +274,16 @@ def run_node(model_dir: Path, replay: Path, node_params: dict[str, str], domain_
     }
 
 
+LOADS = {
+    "1000": "~1,000 msg/s (IMU 100 Hz, ~880 CAN frames/s)",
+    "saturated": f"saturated 500 kbit/s bus ({SATURATED_CAN_HZ:,.0f} CAN frames/s) + IMU {SATURATED_IMU_HZ:.0f} Hz",
+}
+
+
 def main() -> int:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--loads", nargs="+", choices=tuple(LOADS), default=list(LOADS), help="bus loads to run")
+    args = p.parse_args()
     from ts_replay_publisher import save_replay
 
     duration = 10.0 if args.quick else 30.0
@@ -245,56 +293,73 @@ def main() -> int:
     cpus = sorted(os.sched_getaffinity(0))
     pin, others = cpus[-1], set(cpus[:-1])  # node on the last CPU, the publisher (the drivers) on the others
     pinned = {"cpu_affinity": f"[{pin}]"}
-    configs = [("defaults", {})]  # (label, node parameters)
+    shipped = shipped_params()
+    shipped_label = "shipped (" + " ".join(f"{k}:={v}" for k, v in shipped.items()) + ")"
+    base_configs = [("defaults", {})] + ([(f"cpu_affinity:=[{pin}]", pinned)] if others else [])
+    saturated = [*base_configs, (shipped_label, shipped)]
     if others:
-        configs += [(f"cpu_affinity:=[{pin}]", pinned)]
+        saturated.append((f"{shipped_label} cpu_affinity:=[{pin}]", {**shipped, **pinned}))
+    configs = {"1000": list(base_configs), "saturated": saturated}  # (label, node parameters) per load
     if not args.quick:
-        configs += [
+        configs["1000"] += [
             ("contributions:=all", {"contributions": "all"}),
             ("contributions:=none", {"contributions": "none"}),
             ("input_thread:=false", {"input_thread": "false"}),  # the rclpy executor takes the input (baseline)
             ("thread_priority:=50", {"thread_priority": "50"}),
         ]
         if others:
-            configs += [(f"cpu_affinity:=[{pin}] thread_priority:=50", {**pinned, "thread_priority": "50"})]
+            configs["1000"] += [(f"cpu_affinity:=[{pin}] thread_priority:=50", {**pinned, "thread_priority": "50"})]
+    rows, cpu_rows, paced, loads_text = [], [], {}, []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_ts_node_") as tmp:
         workdir = Path(tmp)
-        print(f"building data and a tiny model ({duration:.0f} s of bus traffic)...", flush=True)
-        _, model_dir, events = build_data(duration, workdir)
-        replay = workdir / "replay.npz"
-        save_replay(replay, events)
-        n_imu = int((events["kind"] == 0).sum())
-        rows, cpu_rows = [], []
-        load_before = os.getloadavg()
-        for label, node_params in configs:
-            core, core_p50, core_p99 = core_cost(model_dir, events, node_params.get("contributions", "anomalous"))
-            print(f"node run, {label} ...", flush=True)
-            r = run_node(model_dir, replay, node_params, env, others if "cpu_affinity" in node_params else None)
-            if "thread_priority" in node_params and not r["realtime"].startswith("SCHED_FIFO"):
-                label += f" ({r['realtime']})"
-            if "cpu_affinity" in node_params and not r["cpu_affinity"].startswith("CPU"):
-                label += f" ({r['cpu_affinity']})"
-            rows.append(
-                [label, f"{r['rate']:.0f}", f"{r['sent']}/{r['received']}", r["dropped"], r["lost"],
-                 f"{r['windows']} ({r['prepared']})",
-                 r["proc_p50"], r["proc_p99"], r["score_p50"], r["score_p99"], r["wait_p50"], r["wait_p99"],
-                 r["scoring_p50"], r["scoring_p99"], core_p50, core_p99, r["e2e_p50"], r["e2e_p99"]]
-            )  # fmt: skip
-            cpu_rows.append([label, r["cpu_pct"], r["cpu_s_per_msg"] * 1e6, core * 1e6, r["cpu_s_per_msg"] / core])
-        print("core alone, paced in real time ...", flush=True)
-        paced_p50, paced_p99 = core_paced(model_dir, events, "anomalous")
-        hot_p50, hot_p99 = rows[0][14], rows[0][15]
+        for load in args.loads:
+            print(f"building data and a tiny model ({LOADS[load]}, {duration:.0f} s of bus traffic)...", flush=True)
+            _, model_dir, events = build_data(duration, workdir, saturated=load == "saturated")
+            replay = workdir / f"replay_{load}.npz"
+            save_replay(replay, events)
+            n_imu = int((events["kind"] == 0).sum())
+            loads_text.append(
+                f"{LOADS[load]}: {len(events)} messages over {duration:.0f} s ({n_imu} IMU, "
+                f"{len(events) - n_imu} CAN frames)"
+            )
+            for label, node_params in configs[load]:
+                core, core_p50, core_p99 = core_cost(model_dir, events, node_params.get("contributions", "anomalous"))
+                print(f"node run, {load}, {label} ...", flush=True)
+                r = run_node(model_dir, replay, node_params, env, others if "cpu_affinity" in node_params else None)
+                if "thread_priority" in node_params and not r["realtime"].startswith("SCHED_FIFO"):
+                    label += f" ({r['realtime']})"
+                if "cpu_affinity" in node_params and not r["cpu_affinity"].startswith("CPU"):
+                    label += f" ({r['cpu_affinity']})"
+                rows.append(
+                    [LOADS[load].split(" (")[0], label, f"{r['rate']:.0f}", f"{r['sent']}/{r['received']}",
+                     r["dropped"], r["lost"], f"{r['windows']} ({r['prepared']})",
+                     r["proc_p50"], r["proc_p99"], r["score_p50"], r["score_p99"], r["wait_p50"], r["wait_p99"],
+                     r["scoring_p50"], r["scoring_p99"], core_p50, core_p99, r["e2e_p50"], r["e2e_p99"]]
+                )  # fmt: skip
+                cpu_rows.append([rows[-1][0], label, r["rate"], r["cpu_pct"], r["cpu_s_per_msg"] * 1e6, core * 1e6,
+                                 r["cpu_s_per_msg"] / core])  # fmt: skip
+            if load == "1000":
+                print("core alone, paced in real time ...", flush=True)
+                paced[load] = core_paced(model_dir, events, "anomalous")
     load_after = os.getloadavg()
-    headers = ["node parameters", "msg/s", "sent/received", "dropped", "lost in DDS", "windows (prepared ahead)",
-               "proc p50 ms", "proc p99 ms", "score p50 ms", "score p99 ms", "queue wait p50 ms", "queue wait p99 ms",
-               "node scoring p50 ms", "node scoring p99 ms", "core-only scoring p50 ms", "core-only scoring p99 ms",
-               "e2e p50 ms", "e2e p99 ms"]  # fmt: skip
-    cpu_headers = ["node parameters", "node CPU %", "node µs CPU/msg", "core-only µs CPU/msg", "node/core CPU"]
+    headers = ["load", "node parameters", "msg/s", "sent/received", "dropped", "lost in DDS",
+               "windows (prepared ahead)", "proc p50 ms", "proc p99 ms", "score p50 ms", "score p99 ms",
+               "queue wait p50 ms", "queue wait p99 ms", "node scoring p50 ms", "node scoring p99 ms",
+               "core-only scoring p50 ms", "core-only scoring p99 ms", "e2e p50 ms", "e2e p99 ms"]  # fmt: skip
+    base = cpu_rows[0]  # the first load's defaults: the ratios below are against it, measured in this run
+    for row in cpu_rows:
+        row += [row[4] / base[4], row[3] / base[3]]
+    cpu_headers = ["load", "node parameters", "msg/s", "node CPU %", "node µs CPU/msg", "core-only µs CPU/msg",
+                   "node/core CPU", f"µs/msg vs {base[0]} {base[1]}", f"CPU % vs {base[0]} {base[1]}"]  # fmt: skip
+    ratio_rows = [[row[0], row[1], row[10] / rows[0][10], row[8] / rows[0][8]] for row in rows if row[0] != rows[0][0]]
     body = (
-        f"{len(events)} messages over {duration:.0f} s ({n_imu} IMU at 100 Hz, {len(events) - n_imu} CAN frames), "
-        "published in real time by a separate process; node with default QoS (sensor_data in, reliable out). "
-        f"Load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_before)} at the start of the node runs, "
-        f"{'/'.join(f'{x:.2f}' for x in load_after)} at the end ({os.cpu_count()} CPUs).\n\n"
+        "; ".join(loads_text) + ". Published in real time by a separate process with header stamps at publish time; "
+        "node with its default parameters (sensor_data QoS in, reliable out, input thread, contributions for "
+        'anomalous windows) plus those listed; "shipped" = what config/timeseries_anomaly.yaml sets otherwise.'
+        f" Load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_before)}"
+        f" at the start of the node runs, {'/'.join(f'{x:.2f}' for x in load_after)} at the end ({os.cpu_count()} "
+        "CPUs; other jobs on them show up directly in the tail).\n\n"
         + markdown_table(headers, rows)
         + "\nproc = receipt -> message processed (every message); score = receipt of the message that closed a window "
         "-> score published; queue wait = receipt -> taken by the scoring thread (every message); node scoring = "
@@ -311,19 +376,26 @@ def main() -> int:
         "run it).\n\n"
         "CPU (psutil, % of one core) against the core alone in the same run:\n\n"
         + markdown_table(cpu_headers, cpu_rows)
-        + "\nThe core alone (defaults), one thread, no ROS: the same polls back to back, and fed in real time "
-        "(sleeping until each message's stamp, as the node waits for input), against the node's scoring time at "
-        "window close:\n\n"
-        + markdown_table(
-            ["poll that scores a window", "p50 ms", "p99 ms"],
-            [
-                ["core alone, back to back", hot_p50, hot_p99],
-                ["core alone, in real time", paced_p50, paced_p99],
-                *[[f"node ({row[0]})", row[12], row[13]] for row in rows[: 2 if others else 1]],
-            ],
-        )
     )
-    write_result(args.out, "timeseries_anomaly_node at ~1,000 messages/s", body)
+    if ratio_rows:
+        body += "\nLatency against the first load's defaults row (same run):\n\n" + markdown_table(
+            ["load", "node parameters", "score p99 ratio", "proc p99 ratio"], ratio_rows
+        )
+    if "1000" in paced and rows[0][0] == LOADS["1000"].split(" (")[0]:
+        body += (
+            "\nThe core alone (defaults, ~1,000 msg/s), one thread, no ROS: the same polls back to back, and fed in "
+            "real time (sleeping until each message's stamp, as the node waits for input), against the node's scoring "
+            "time at window close:\n\n"
+            + markdown_table(
+                ["poll that scores a window", "p50 ms", "p99 ms"],
+                [
+                    ["core alone, back to back", rows[0][15], rows[0][16]],
+                    ["core alone, in real time", *paced["1000"]],
+                    *[[f"node ({row[1]})", row[13], row[14]] for row in rows if row[0] == rows[0][0]][:2],
+                ],
+            )
+        )
+    write_result(args.out, "timeseries_anomaly_node at ~1,000 messages/s and on a saturated 500 kbit/s bus", body)
     print(body)
     return 0
 
