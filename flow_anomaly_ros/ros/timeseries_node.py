@@ -10,21 +10,17 @@ clock-jump reset, windows over drops or transport losses INVALID_INPUT, silent i
 same code scores recordings offline, so live and offline scores are identical). Health is built by
 :mod:`flow_anomaly_ros.timeseries.live_diagnostics`.
 
-Wiring, and why:
-- Lifecycle node (like ros2_socketcan) from :class:`ManagedAnomalyNode`: configure loads and checks the model
-  (missing, corrupt or mismatched -> MODEL_ERROR on ``/diagnostics``, node stays up and retries, no scores),
-  activate starts the subscriptions. ``autostart`` (default true) does both without a lifecycle manager.
-- Input messages are taken by an :class:`~flow_anomaly_ros.ros.input_pump.InputPump` thread, not by the rclpy
-  executor, which costs ~650 µs of CPU per message on this machine against ~80 µs for the pump (measured, see that
-  module), and scored on that thread after each round of takes; CAN frames arrive serialized and are read with
-  ``struct`` (``can_event_from_cdr``). ``input_thread:=false`` goes back to executor callbacks (each taking its
-  topic's whole backlog per turn) and a scoring thread.
+Wiring, and why (measured, docs/timeseries_node.md):
+- Lifecycle node from :class:`ManagedAnomalyNode`: configure loads and checks the model (missing, corrupt or
+  mismatched -> MODEL_ERROR on ``/diagnostics``, node stays up and retries), activate starts the subscriptions;
+  ``autostart`` (default true) does both without a lifecycle manager.
+- Input is taken by an :class:`~flow_anomaly_ros.ros.input_pump.InputPump` thread (~80 µs of CPU per message
+  against ~650 µs for the rclpy executor) and scored on that thread after each round of takes; CAN frames arrive
+  serialized and are read with ``struct``. ``input_thread:=false`` goes back to executor callbacks.
 - Time is message time (header stamps), so bags replay correctly with or without ``use_sim_time``; silence is
-  measured on the node clock (ROS time, so sim time when ``use_sim_time``). Latency is measured from the
-  middleware's receive time of a message, so waiting to be taken counts. What keeps it down: configure warms the
-  model up and freezes the loaded objects out of the garbage collector; input waits at a gate while a window is
-  scored; ``cpu_affinity`` / ``thread_priority`` pin the threads and put them under SCHED_FIFO
-  (:mod:`flow_anomaly_ros.ros.scheduling`).
+  measured on the node clock. Latency counts from the middleware's receive time. Configure warms the model up and
+  freezes the loaded objects out of the garbage collector; ``cpu_affinity`` / ``thread_priority`` pin the threads
+  and put them under SCHED_FIFO (:mod:`flow_anomaly_ros.ros.scheduling`).
 
 Example::
 
@@ -37,7 +33,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from std_msgs.msg import Float32
@@ -50,11 +45,11 @@ from flow_anomaly_ros.ros.input_pump import InputPump, draining_subscription, pu
 from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, run_node
 from flow_anomaly_ros.ros.qos import qos_from_name
 from flow_anomaly_ros.ros.scheduling import apply_scheduling
-from flow_anomaly_ros.ros.timeseries_params import PARAMS
+from flow_anomaly_ros.ros.timeseries_params import PARAMS, param_problems
 from flow_anomaly_ros.timeseries.bounded_queue import BoundedQueue
 from flow_anomaly_ros.timeseries.live_diagnostics import LiveCounters, live_health
 from flow_anomaly_ros.timeseries.live_model import ModelError, load_live_scorer
-from flow_anomaly_ros.timeseries.live_scoring import LiveScoring
+from flow_anomaly_ros.timeseries.live_scoring import BACKLOG, LiveScoring
 from flow_anomaly_ros.timeseries.status import INVALID_INPUT as STATUS_INVALID_INPUT  # noqa: F401  (see test_ts_status)
 from flow_anomaly_ros.timeseries.status import OK as STATUS_OK
 from flow_anomaly_ros.timeseries.status import STATUS_NAMES  # noqa: F401  (see test_ts_status)
@@ -95,20 +90,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
 
     # ----- lifecycle ---------------------------------------------------------------------------------------------
     def validate_params(self, values: dict[str, Any]) -> list[str]:
-        problems = []
-        if not values["model_dir"]:
-            problems.append("model_dir is empty: give the directory written by `flow-anomaly ts train`")
-        if len(values["imu_sources"]) != len(values["imu_topics"]):
-            problems.append(
-                f"imu_sources has {len(values['imu_sources'])} entries but imu_topics has {len(values['imu_topics'])}"
-            )
-        if len(set(values["imu_sources"])) != len(values["imu_sources"]):
-            problems.append("imu_sources must be unique")
-        if values["dbc_file"] and not Path(values["dbc_file"]).is_file():
-            problems.append(f"dbc_file={values['dbc_file']!r} does not exist")
-        if values["can_topic"] and self._frame_missing:
-            problems.append(self._frame_missing)
-        return problems
+        return param_problems(values, self._frame_missing)
 
     def configure_core(self, params: dict[str, Any]) -> None:
         self.model_error = None
@@ -158,21 +140,37 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         if unavailable is None:
             self._pump = InputPump(self, on_error=self._input_error, after_round=self._score_queued,
                                    batch_s=params["input_batch_s"], drain_max=DRAIN_MAX, name="ts_input")  # fmt: skip
-            subscribe = self._pump.subscribe
+            pump = self._pump
+
+            def subscribe(
+                msg_type: Any, topic: str, handler: Any, qos: Any, raw: bool = False, source: str = ""
+            ) -> Any:
+                # In order with the topic's events, whenever it changes: whether messages of the topic still wait
+                # in the middleware after a drain (the watermark waits for a backlogged topic, see LiveScoring).
+                last = [False]
+
+                def on_drained(backlogged: bool) -> None:
+                    if backlogged != last[0] and self._queue.put((0.0, BACKLOG, source, backlogged)):
+                        last[0] = backlogged
+
+                return pump.subscribe(msg_type, topic, handler, qos, raw, on_drained=on_drained)
+
             self.input_path = "input thread"
         else:
             self.input_path = f"executor callbacks ({unavailable})"
             if params["input_thread"]:
                 self.get_logger().warn(f"input_thread: {unavailable}; taking input in executor callbacks")
 
-            def subscribe(msg_type: Any, topic: str, handler: Any, qos: Any, raw: bool = False) -> Any:
+            def subscribe(
+                msg_type: Any, topic: str, handler: Any, qos: Any, raw: bool = False, source: str = ""
+            ) -> Any:
                 return draining_subscription(self, msg_type, topic, handler, qos, raw, self.live.wait_for_scoring,
                                              params["input_batch_s"], DRAIN_MAX)  # fmt: skip
 
         for topic, source in zip(params["imu_topics"], params["imu_sources"]):
-            self._subs.append(subscribe(Imu, topic, self._imu_callback(source), in_qos))
+            self._subs.append(subscribe(Imu, topic, self._imu_callback(source), in_qos, source=source))
         if params["can_topic"]:  # serialized: decoded by can_event_from_cdr (see can_conversion)
-            self._subs.append(subscribe(self._frame_cls, params["can_topic"], self._on_can, in_qos, raw=True))
+            self._subs.append(subscribe(self._frame_cls, params["can_topic"], self._on_can, in_qos, True, "can"))
         if self._pump is not None:
             self._pump.start()
         else:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flow_anomaly_ros.ros.managed_node import Param
@@ -85,3 +86,22 @@ PARAMS: tuple[Param, ...] = (
         check=cpu_list_problem,
     ),
 )
+
+
+def param_problems(values: dict[str, Any], frame_missing: str | None) -> list[str]:
+    """Problems between parameters (each one alone is checked by its Param); ``frame_missing`` says why the
+    can_msgs Frame type cannot be imported, if it cannot."""
+    problems = []
+    if not values["model_dir"]:
+        problems.append("model_dir is empty: give the directory written by `flow-anomaly ts train`")
+    if len(values["imu_sources"]) != len(values["imu_topics"]):
+        problems.append(
+            f"imu_sources has {len(values['imu_sources'])} entries but imu_topics has {len(values['imu_topics'])}"
+        )
+    if len(set(values["imu_sources"])) != len(values["imu_sources"]):
+        problems.append("imu_sources must be unique")
+    if values["dbc_file"] and not Path(values["dbc_file"]).is_file():
+        problems.append(f"dbc_file={values['dbc_file']!r} does not exist")
+    if values["can_topic"] and frame_missing:
+        problems.append(frame_missing)
+    return problems
