@@ -21,7 +21,7 @@ from flow_anomaly_ros.share import config_dir
 
 CACHE_ENV = "FLOW_ANOMALY_CACHE"
 CACHE_FORMAT = 2  # bump when a cached artefact's layout changes
-TS_CONFIG = config_dir() / "timeseries_model.yaml"  # data split, detector params (installed share when installed)
+TS_CONFIG = config_dir() / "timeseries_model_gnss.yaml"  # IMU + CAN + GNSS model: signals, split, detector params
 
 # Topics of the demo bag (the nodes' default input names, resolved in the root namespace).
 IMU_TOPIC = "/imu/data"
@@ -104,7 +104,7 @@ class DemoConfig:
             self.camera_width,
             self.camera_anomaly_fraction,
             self.storage,
-            _file_digest(TS_CONFIG),
+            _config_digest(TS_CONFIG),
         )
 
     def ts_model_key(self, detector: str | None = None) -> str:
@@ -114,7 +114,7 @@ class DemoConfig:
             self.ts_train_split,
             self.ts_calibrate_split,
             self.ts_quick,
-            _file_digest(TS_CONFIG),
+            _config_digest(TS_CONFIG),
         )
 
     def seg_model_key(self) -> str:
@@ -144,11 +144,15 @@ class DemoConfig:
             return f"missing:{path}"
 
 
-def _file_digest(path: Path) -> str:
+def _config_digest(path: Path) -> str:
+    """Digest of a model config as loaded (its ``extends`` base included, so editing either retrains)."""
+    from flow_anomaly_ros.timeseries.signals import ConfigError, load_pipeline_config
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
+        doc = load_pipeline_config(path)[1]
+    except ConfigError:
         return "missing"
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _hash(*parts: Any) -> str:

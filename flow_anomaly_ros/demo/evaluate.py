@@ -32,6 +32,7 @@ from flow_anomaly_ros.demo.recording import load_camera_labels, load_ground_trut
 from flow_anomaly_ros.timeseries.status import INVALID_INPUT, OK, STALE_INPUT
 
 NS = 1_000_000_000
+TIMESERIES_STREAMS = ("imu", "can", "gps")  # ground-truth streams the time-series model reads (gps: GNSS stream)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def evaluate_offline(bag: str | Path, models: cores.DemoModels, progress: Any | 
     t_start = time.perf_counter()
     truth = load_ground_truth(bag)
     topics = truth["topics"]
-    recording = cores.recording_from_bag(bag, topics["imu"], topics["can"])
+    recording = cores.recording_from_bag(bag, topics["imu"], topics["can"], {"gnss": topics["gps"]})
     detectors: dict[str, WindowScores] = {}
     ts_seconds = float("nan")
     for name, model_dir in models.ts_models.items():
@@ -197,6 +198,7 @@ def _ts_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, str]
             "imu_topics": [topics["imu"]],
             "imu_sources": ["imu"],
             "can_topic": topics["can"],
+            "stream_topics": [f"gnss={topics['gps']}"],
             "input_qos": "reliable",
             "input_qos_depth": 10000,  # ~10 s of the bag's messages: a starved node catches up instead of losing
             "output_qos": "reliable",
@@ -265,7 +267,7 @@ def evaluate_live(
             {TS_SCORE_TOPIC: "flow_anomaly_ros/msg/AnomalyScore", **CAMERA_OUTPUTS},
             rate=rate,
             input_topics=[topics["imu"], topics["can"], topics["camera"], topics["gps"]],
-            wait_topics=[topics["imu"], topics["can"], topics["camera"]],
+            wait_topics=[topics["imu"], topics["can"], topics["camera"], topics["gps"]],
             wait_timeout_s=180.0,
             outputs_ready=lambda counts: counts.get(f"/{CAMERA_NODE}/summary", 0) >= n_frames,
             progress=progress,
@@ -372,7 +374,7 @@ def compute_metrics(
     ev: Evaluation, truth: dict[str, Any], labels: dict[int, np.ndarray], deployed: str
 ) -> dict[str, Any]:
     """Time-series metrics per detector and camera pixel/frame metrics, over the windows/frames ``ev`` holds."""
-    ts_intervals = [iv for iv in truth["intervals"] if iv.get("stream") in ("imu", "can")]
+    ts_intervals = [iv for iv in truth["intervals"] if iv.get("stream") in TIMESERIES_STREAMS]
     out: dict[str, Any] = {"timeseries": {}, "camera": {}}
     for name, w in ev.detectors.items():
         window_s, stride_s = ev.window_geometry

@@ -6,9 +6,9 @@ the real KITTI drive (``data.kitti``), CAN frames generated from the opendbc Toy
 ``config/timeseries_model.yaml``: detectors train on the clean early drive (``split.train``), calibrate their
 threshold on ``split.calibrate``, and the demo bag holds the first ``bag_duration_s`` of ``split.test``.
 
-GPS is not an input of any detector; the demo still injects labelled GPS jumps (a position step of tens of metres
-for a few seconds, as a multipath or spoofing event looks) so that every stream carries anomalies, and says that
-no node scores them.
+GPS is an input of the demo's detectors through the GNSS stream (``streams/gnss.py``, the signals and checks of
+``config/timeseries_model_gnss.yaml``, the demo's model config); the demo injects labelled GPS jumps (a position
+step of tens of metres for a few seconds, as a multipath or spoofing event looks) that they are scored on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from flow_anomaly_ros.demo.config import DemoConfig
+from flow_anomaly_ros.demo.config import TS_CONFIG, DemoConfig
 
 # Bag time = drive time + this epoch (2011-09-30 00:00:00 UTC, during the KITTI raw recordings), so stamps look
 # like real ROS times and never start at 0.
@@ -102,9 +102,9 @@ def build_streams(cfg: DemoConfig) -> TimeseriesStreams:
     from flow_anomaly_ros.data.injection import Injector, schedule_faults, signal_sigmas
     from flow_anomaly_ros.data.timeseries_dataset import base_recording
     from flow_anomaly_ros.timeseries.events import KIND_CAN, KIND_IMU
-    from flow_anomaly_ros.timeseries.signals import default_config
+    from flow_anomaly_ros.timeseries.signals import load_pipeline_config
 
-    pcfg, doc = default_config()
+    pcfg, doc = load_pipeline_config(TS_CONFIG)
     seed = int(doc.get("dataset", {}).get("seed", 7))
     base, extra = base_recording(pcfg, seed)  # the same clean drive + CAN the detectors train on
     drive, phys = extra["drive"], extra["physical"]
@@ -167,9 +167,9 @@ def training_features(
     (computed once per process and shared by every detector)."""
     from flow_anomaly_ros.data.timeseries_dataset import DEFAULT_SPLIT, build_dataset
     from flow_anomaly_ros.timeseries.experiment import dataset_params, featurize_dataset, train_stride
-    from flow_anomaly_ros.timeseries.signals import default_config
+    from flow_anomaly_ros.timeseries.signals import load_pipeline_config
 
-    pcfg, doc = default_config()
+    pcfg, doc = load_pipeline_config(TS_CONFIG)
     params = {**dataset_params(doc), "test_copies": 0}
     if train_split or calibrate_split:
         split = dict(params["split"] or DEFAULT_SPLIT)

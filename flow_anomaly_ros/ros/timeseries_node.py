@@ -37,6 +37,7 @@ from typing import Any
 
 from std_msgs.msg import Float32
 
+from flow_anomaly_ros import streams
 from flow_anomaly_ros.msg import AnomalyScore
 from flow_anomaly_ros.ros.can_conversion import CanTypeMissing, can_event_from_cdr, frame_type
 from flow_anomaly_ros.ros.diagnostics import ERROR, Health
@@ -45,7 +46,7 @@ from flow_anomaly_ros.ros.input_pump import InputPump, draining_subscription, pu
 from flow_anomaly_ros.ros.managed_node import ManagedAnomalyNode, run_node
 from flow_anomaly_ros.ros.qos import qos_from_name
 from flow_anomaly_ros.ros.scheduling import apply_scheduling
-from flow_anomaly_ros.ros.timeseries_params import PARAMS, param_problems
+from flow_anomaly_ros.ros.timeseries_params import PARAMS, param_problems, stream_topics
 from flow_anomaly_ros.timeseries.bounded_queue import BoundedQueue
 from flow_anomaly_ros.timeseries.live_diagnostics import LiveCounters, live_health
 from flow_anomaly_ros.timeseries.live_model import ModelError, load_live_scorer
@@ -97,6 +98,10 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         try:
             self.scorer = load_live_scorer(params["model_dir"], params["imu_sources"], params["dbc_file"],
                                            bool(params["can_topic"]), params["contributions"])  # fmt: skip
+            topics = stream_topics(params["stream_topics"])
+            missing = [s for s in self.scorer.config.streams if s not in ("imu", "can", *topics)]
+            if missing:
+                raise ModelError(f"model reads stream(s) {missing}; give their topics in stream_topics (NAME=TOPIC)")
         except ModelError as exc:
             self.scorer = None
             self.model_error = str(exc)
@@ -121,9 +126,11 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         params = self.params
         self.counters = LiveCounters()
         self._queue = BoundedQueue(params["queue_size"])
+        # registry streams the model reads (GNSS ...), by name: their topic, subscribed with the stream's type
+        extra = {n: t for n, t in stream_topics(params["stream_topics"]).items() if n in self.scorer.config.streams}
         self.live = LiveScoring(
             self.scorer,
-            list(params["imu_sources"]) + (["can"] if params["can_topic"] else []),
+            list(params["imu_sources"]) + (["can"] if params["can_topic"] else []) + list(extra),
             self._emit,
             clock_jump_back_s=params["clock_jump_back_s"],
             max_input_wait_s=params["max_input_wait_s"],
@@ -155,6 +162,8 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             self._subs.append(subscribe(Imu, topic, self._imu_callback(source), in_qos))
         if params["can_topic"]:  # serialized: decoded by can_event_from_cdr (see can_conversion)
             self._subs.append(subscribe(self._frame_cls, params["can_topic"], self._on_can, in_qos, raw=True))
+        for name, topic in extra.items():
+            self._subs.append(subscribe(streams.get(name).ros_type(), topic, self._stream_callback(name), in_qos))
         if self._pump is not None:
             self._pump.start()
         else:
@@ -226,6 +235,24 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
                 self.live.drops.note(event[0])
 
         return on_imu
+
+    def _stream_callback(self, name: str) -> Any:
+        """A registry stream's messages (GNSS ...) through its conversion, as ``(stamp, values)`` events."""
+        kind = streams.get(name)
+
+        def on_message(msg: Any, info: dict[str, Any]) -> None:
+            try:
+                event = kind.event(msg, self._stamp_override())
+            except (AttributeError, TypeError, ValueError) as exc:
+                self.counters.received[name] += 1
+                self.counters.reject(f"{name}: {exc}")
+                return
+            t_recv = self._receipt(name, event[0], info)
+            self.counters.received[name] += 1
+            if not self._queue.put((t_recv, name, name, event)):
+                self.live.drops.note(event[0])
+
+        return on_message
 
     def _on_can(self, raw: bytes, info: dict[str, Any]) -> None:
         counters = self.counters

@@ -22,6 +22,32 @@ def _check_topics(value: Any) -> str | None:
     return None
 
 
+def stream_topics(value: Any) -> dict[str, str]:
+    """``stream_topics`` entries (``NAME=TOPIC``) as {registry stream: topic}; ValueError naming a bad entry."""
+    from flow_anomaly_ros import streams
+
+    others = [s.name for s in streams.all() if s.name not in ("imu", "can")]
+    out: dict[str, str] = {}
+    for entry in value:
+        name, sep, topic = str(entry).partition("=")
+        if not sep or not topic.strip():
+            raise ValueError(f"stream_topics entry {entry!r} is not NAME=TOPIC (e.g. gnss=gps/fix)")
+        if name not in others:
+            raise ValueError(f"stream_topics entry {entry!r}: {name!r} is not a registry stream ({', '.join(others)})")
+        if name in out:
+            raise ValueError(f"stream_topics names {name!r} twice")
+        out[name] = topic.strip()
+    return out
+
+
+def _check_stream_topics(value: Any) -> str | None:
+    try:
+        stream_topics(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 PARAMS: tuple[Param, ...] = (
     Param("model_dir", "", "trained time-series model directory (written by `flow-anomaly ts train`)"),
     Param("dbc_file", "", "DBC file that decodes the CAN frames (empty: the DBC recorded in the model)"),
@@ -36,6 +62,13 @@ PARAMS: tuple[Param, ...] = (
     Param("imu_topics", ["imu/data"], "sensor_msgs/Imu topics, one per IMU source", check=_check_topics),
     Param("imu_sources", ["imu"], "model source name of each entry of imu_topics (same length)"),
     Param("can_topic", "from_can_bus", "can_msgs/msg/Frame topic of ros2_socketcan (empty: no CAN input)"),
+    Param(
+        "stream_topics",
+        ["gnss=gps/fix"],
+        "topics of the other registry streams (flow_anomaly_ros.streams), NAME=TOPIC; a stream is subscribed only "
+        "when the model reads it",
+        check=_check_stream_topics,
+    ),
     Param("input_qos", "sensor_data", "QoS profile of the input subscriptions", choices=QOS_NAMES),
     Param("input_qos_depth", 100, "history depth of the inputs (0: the profile's default)", min=0, max=100000),
     Param("output_qos", "reliable", "QoS profile of ~/score and ~/score_value", choices=QOS_NAMES),
