@@ -80,6 +80,8 @@ def signal_status(
     for spec, last in zip(config.signals, last_stamps):
         if spec.is_imu:
             rates[spec.name] = source_rates.get(spec.imu_source, 0.0)
+        elif not spec.is_can:  # a registry stream (GNSS ...): its topic, counted under the stream's name
+            rates[spec.name] = source_rates.get(spec.stream_name, 0.0)
         else:
             if db is None:
                 from flow_anomaly_ros.timeseries.signals import load_dbc
