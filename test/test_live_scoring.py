@@ -11,7 +11,7 @@ import pytest
 from flow_anomaly_ros.data.timeseries_dataset import base_recording
 from flow_anomaly_ros.timeseries.detectors import make_detector
 from flow_anomaly_ros.timeseries.events import ImuSample
-from flow_anomaly_ros.timeseries.live_scoring import DROP_NOTE, LiveScoring
+from flow_anomaly_ros.timeseries.live_scoring import BACKLOG, DROP_NOTE, LiveScoring
 from flow_anomaly_ros.timeseries.normalise import RobustNormaliser
 from flow_anomaly_ros.timeseries.pipeline import (
     StreamingScorer,
@@ -206,3 +206,121 @@ def test_silent_inputs_advance_message_time_to_stale(world):
     assert stale and live.triggers[-1] is None  # not counted as score latency
     assert stale[-1].end_s <= 22.0 + 3.0 - 0.5 + 1e-9  # newest stamp + silence - max_input_wait_s
     assert stale[-1].status == STALE_INPUT and "silent" in stale[-1].status_message
+
+
+def _backlogged_can(world, markers: bool):
+    """From 22 s CAN is taken 1.5 s behind the IMU, catching up by 25 s, although the middleware received every
+    message on time (t_recv = stamp): the input thread's per-round drain limit under a CPU hog. With ``markers``
+    the queue says CAN is backlogged meanwhile."""
+    messages = _messages(world["test"])
+
+    def lag(kind: str, t: float) -> float:
+        return 0.0 if kind != "can" or not 22.0 <= t < 25.0 else min(1.5, 25.0 - t)  # CAN still in order
+
+    delay = [lag(kind, ev[0]) for _, kind, ev in messages]
+    order = np.argsort([ev[0] + d for (_, _, ev), d in zip(messages, delay)], kind="stable")
+    live = Live(world["path"])
+    backlogged = False
+    for i in order:
+        topic, kind, event = messages[i]
+        behind = delay[i] > 0 or (kind != "can" and 22.0 <= event[0] < 25.0)
+        if markers and behind != backlogged:
+            backlogged = behind
+            live.live.process([(0.0, BACKLOG, "can", backlogged)])
+        live.live.process([(event[0], kind, topic, event)])
+    return live
+
+
+def test_a_backlogged_topic_is_waited_for_not_taken_for_silent(world):
+    offline = score_recording(StreamingScorer.from_model_dir(world["path"], contributions="anomalous"), world["test"])
+    live = _backlogged_can(world, markers=True)
+    assert len(live.out) >= len(offline) - 1 and _key(live.out) == _key(offline[: len(live.out)])
+
+
+def test_windows_scored_without_a_lagging_topic_are_stale_never_ok_with_other_scores(world):
+    offline = score_recording(StreamingScorer.from_model_dir(world["path"], contributions="anomalous"), world["test"])
+    by_end = {r.end_s: r for r in offline}
+    live = _backlogged_can(world, markers=False)  # nothing says CAN is backlogged: it looks silent and is skipped
+    skipped = [r for r in live.out if "scored without waiting for can" in r.status_message]
+    assert skipped and all(r.status != OK and not r.is_anomaly for r in skipped)  # STALE (WARMING_UP stays)
+    assert any(r.status == STALE_INPUT for r in skipped)
+    for r in live.out:
+        if r.status == OK:  # every window published OK is exactly the offline one
+            assert _key([r]) == _key([by_end[r.end_s]])
+
+
+def test_a_stalled_sender_is_not_mistaken_for_a_silent_topic(world):
+    """The whole sender stops for 2 s (a CPU-starved player): on resume every topic's last receipt is old, but no
+    topic is behind in message time, so the watermark keeps waiting for all of them and nothing changes."""
+    offline = score_recording(StreamingScorer.from_model_dir(world["path"], contributions="anomalous"), world["test"])
+    messages = _messages(world["test"])
+    live = Live(world["path"])
+    live.feed([m for m in messages if m[2][0] < 22.0])
+    rest = [m for m in messages if m[2][0] >= 22.0]
+    topic, kind, event = rest[0]
+    live.live.process([(event[0] + 2.0, kind, topic, event)])
+    assert live.live._skipped == {}  # the other topic was silent 2 s by receipt time, but not behind
+    for topic, kind, event in rest[1:]:
+        live.live.process([(event[0] + 2.0, kind, topic, event)])
+    assert len(live.out) >= len(offline) - 1 and _key(live.out) == _key(offline[: len(live.out)])
+
+
+@pytest.fixture(scope="module")
+def gnss_world(tmp_path_factory):
+    """The demo's IMU + CAN + 1 Hz GNSS config, a 30 s real KITTI recording with its real fixes, a tiny model."""
+    import torch
+
+    from flow_anomaly_ros.timeseries.signals import DEFAULT_CONFIG_PATH, load_pipeline_config
+
+    torch.set_num_threads(1)
+    config, _ = load_pipeline_config(DEFAULT_CONFIG_PATH.with_name("timeseries_model_gnss.yaml"))
+    rec, _ = base_recording(config, seed=1, duration_s=30.0)
+    x, _ = stack_features(featurize_recording(config, rec.slice_time(0.0, 18.0).events, stride_s=0.1))
+    norm = RobustNormaliser.fit(x)
+    det = make_detector("realnvp", **TINY_FLOW).fit(norm.transform(x))
+    det.calibrate(norm.transform(x), quantile=0.9)
+    path = tmp_path_factory.mktemp("live_gnss") / "model"
+    TimeseriesModel(config, norm, det).save(path)
+    return {"test": rec.slice_time(18.0, 29.5), "path": path}  # ends 0.5 s after a fix
+
+
+def _gnss_messages(recording):
+    """As :func:`_messages`, the GNSS fixes as the node's registry-stream events (topic and kind "gnss")."""
+    out = []
+    for ev in _iter_events(recording, ()):
+        if isinstance(ev, ImuSample):
+            out.append((ev.source, "imu", (ev.stamp_s, ev.accel, ev.gyro)))
+        elif hasattr(ev, "stream"):
+            out.append((ev.stream, ev.stream, (ev.stamp_s, ev.values)))
+        else:
+            out.append(("can", "can", (ev.stamp_s, ev.can_id, ev.data, ev.dlc, ev.is_error, ev.is_extended)))
+    return out
+
+
+def test_a_1hz_input_is_waited_for_between_fixes_and_the_end_of_the_stream_is_flushed(gnss_world):
+    """A 1 Hz GNSS is silent for up to 1 s between fixes, longer than max_input_wait_s (0.5 s): its own period is
+    part of its allowance, so no window is scored without it (all OK, equal to offline). After the last message no
+    further one closes the windows past the last fix: once every input is silent past its allowance, the quiet
+    flush scores them as offline's end of stream does, so live has every offline window, bit for bit."""
+    offline = score_recording(StreamingScorer.from_model_dir(gnss_world["path"], contributions="anomalous"),
+                              gnss_world["test"])  # fmt: skip
+    messages = _gnss_messages(gnss_world["test"])
+    assert sum(kind == "gnss" for _, kind, _ in messages) >= 10
+    live = Live(gnss_world["path"])
+    live.live.inputs = ["imu", "can", "gnss"]
+    live.feed(messages)  # received on time (t_recv = stamp)
+    last = max(ev[0] for _, _, ev in messages)
+    last_fix = max(ev[0] for _, kind, ev in messages if kind == "gnss")
+    assert all("scored without waiting" not in r.status_message for r in live.out)
+    assert live.out and live.out[-1].end_s <= last_fix + 1e-9 < offline[-1].end_s  # waiting for the next fix
+    n = len(live.out)
+    live.live.flush_when_quiet(now=last + 0.4)  # IMU and CAN silent past 0.5 s + period, GNSS not yet
+    assert len(live.out) == n
+    live.live.process([(0.0, BACKLOG, "can", True)])
+    live.live.flush_when_quiet(now=last + 5.0)  # messages of a topic still wait in the middleware: not the end
+    assert len(live.out) == n
+    live.live.process([(0.0, BACKLOG, "can", False)])
+    live.live.flush_when_quiet(now=last + 5.0)
+    assert len(live.out) == len(offline) and _key(live.out) == _key(offline)
+    assert sum(r.status == OK for r in live.out) > 0.5 * len(offline)  # the rest: warming up (2 s windows, 2 fixes)
+    assert live.live._period["gnss"] == pytest.approx(1.0, abs=0.1)

@@ -50,7 +50,7 @@ from flow_anomaly_ros.ros.timeseries_params import PARAMS, param_problems, strea
 from flow_anomaly_ros.timeseries.bounded_queue import BoundedQueue
 from flow_anomaly_ros.timeseries.live_diagnostics import LiveCounters, live_health
 from flow_anomaly_ros.timeseries.live_model import ModelError, load_live_scorer
-from flow_anomaly_ros.timeseries.live_scoring import LiveScoring
+from flow_anomaly_ros.timeseries.live_scoring import BACKLOG, LiveScoring
 from flow_anomaly_ros.timeseries.status import INVALID_INPUT as STATUS_INVALID_INPUT  # noqa: F401  (see test_ts_status)
 from flow_anomaly_ros.timeseries.status import OK as STATUS_OK
 from flow_anomaly_ros.timeseries.status import STATUS_NAMES  # noqa: F401  (see test_ts_status)
@@ -147,23 +147,40 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
         if unavailable is None:
             self._pump = InputPump(self, on_error=self._input_error, after_round=self._score_queued,
                                    batch_s=params["input_batch_s"], drain_max=DRAIN_MAX, name="ts_input")  # fmt: skip
-            subscribe = self._pump.subscribe
+            pump = self._pump
+
+            def subscribe(
+                msg_type: Any, topic: str, handler: Any, qos: Any, raw: bool = False, source: str = ""
+            ) -> Any:
+                # In order with the topic's events, whenever it changes: whether messages of the topic still wait
+                # in the middleware after a drain (the watermark waits for a backlogged topic, see LiveScoring).
+                last = [False]
+
+                def on_drained(backlogged: bool) -> None:
+                    if backlogged != last[0] and self._queue.put((0.0, BACKLOG, source, backlogged)):
+                        last[0] = backlogged
+
+                return pump.subscribe(msg_type, topic, handler, qos, raw, on_drained=on_drained)
+
             self.input_path = "input thread"
         else:
             self.input_path = f"executor callbacks ({unavailable})"
             if params["input_thread"]:
                 self.get_logger().warn(f"input_thread: {unavailable}; taking input in executor callbacks")
 
-            def subscribe(msg_type: Any, topic: str, handler: Any, qos: Any, raw: bool = False) -> Any:
+            def subscribe(
+                msg_type: Any, topic: str, handler: Any, qos: Any, raw: bool = False, source: str = ""
+            ) -> Any:
                 return draining_subscription(self, msg_type, topic, handler, qos, raw, self.live.wait_for_scoring,
                                              params["input_batch_s"], DRAIN_MAX)  # fmt: skip
 
         for topic, source in zip(params["imu_topics"], params["imu_sources"]):
-            self._subs.append(subscribe(Imu, topic, self._imu_callback(source), in_qos))
+            self._subs.append(subscribe(Imu, topic, self._imu_callback(source), in_qos, source=source))
         if params["can_topic"]:  # serialized: decoded by can_event_from_cdr (see can_conversion)
-            self._subs.append(subscribe(self._frame_cls, params["can_topic"], self._on_can, in_qos, raw=True))
+            self._subs.append(subscribe(self._frame_cls, params["can_topic"], self._on_can, in_qos, True, "can"))
         for name, topic in extra.items():
-            self._subs.append(subscribe(streams.get(name).ros_type(), topic, self._stream_callback(name), in_qos))
+            msg_type = streams.get(name).ros_type()
+            self._subs.append(subscribe(msg_type, topic, self._stream_callback(name), in_qos, source=name))
         if self._pump is not None:
             self._pump.start()
         else:
@@ -284,6 +301,7 @@ class TimeseriesAnomalyNode(ManagedAnomalyNode):
             if batch:
                 self.live.process(batch)
             else:
+                self.live.flush_when_quiet()
                 self.live.advance_when_silent()
         except Exception as exc:  # never let one bad batch kill scoring; say so on diagnostics
             self.counters.error(f"{type(exc).__name__}: {exc}")

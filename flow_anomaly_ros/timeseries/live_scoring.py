@@ -4,10 +4,22 @@ Each input topic arrives in stamp order, but the topics are not in step with eac
 message per topic in turn, so under load the low-rate IMU runs ahead of CAN). :class:`LiveScoring` decides when a
 window is final and what its published status is:
 
-- watermark: a window is scored once every input topic has passed its end, except a topic silent for
-  ``max_input_wait_s`` (receipt time), whose signals then go stale in the windows. Before that, the next window's
+- watermark: a window is scored once every input topic has passed its end, except a topic that is silent: no
+  message for its allowance of receipt time (``max_input_wait_s`` plus the topic's own message period, so a 1 Hz
+  GNSS between two fixes is not silent), none waiting for it (the caller's ``BACKLOG`` markers say when a topic's
+  messages are still queued in the middleware), and behind the topic moving the watermark by more than its
+  allowance of message time too (so a stall of the whole sender, after which every topic looks silent, is not
+  mistaken for one). Windows scored without waiting for a topic that had not reached their end are
+  published as STALE_INPUT, never as valid scores of incomplete input. Found under a CPU hog: the input thread
+  drains at most ``drain_max`` messages per topic and round, so the 100 Hz IMU ran seconds of message time ahead of
+  a backlogged 1 kHz CAN topic whose last *processed* message was then over 0.5 s old, and windows were closed
+  without CAN data and published OK with different scores. Before that, the next window's
   signal part is prepared as soon as the inputs are final up to its last tick (exact, see
   :meth:`WindowFeaturizer.prepare`), so only the rest is left on the latency path;
+- end of the stream: once every input is silent past its allowance and none is backlogged, the sender stopped
+  (a replay ended, or every sensor is down); each topic arrives in order, so everything sent up to the newest stamp
+  is in, and :meth:`flush_when_quiet` scores the windows up to it, as the offline path's end of stream does
+  (without it a bag's last windows would wait forever for the next fix of a low-rate input);
 - clock jump: a stamp more than ``clock_jump_back_s`` behind its topic's newest one (a looping bag) resets the core;
   the reason is named in the status message of the windows after it, until one of them is OK;
 - drops and losses: every window overlapping a stamp that was dropped (queue full) or lost in transport (a gap in
@@ -30,9 +42,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flow_anomaly_ros.stats import LatencyWindow
-from flow_anomaly_ros.timeseries.status import INVALID_INPUT, OK
+from flow_anomaly_ros.timeseries.status import INVALID_INPUT, OK, STALE_INPUT
 
 DROP_NOTE = "input messages dropped (queue full) or lost in transport inside this window"
+# Queue item kind of a marker, in order with a topic's events: (t, BACKLOG, topic, True when messages of the topic
+# still wait in the middleware after the latest take, False once it was drained). See InputPump ``on_drained``.
+BACKLOG = "backlog"
+# A topic's period (its silence allowance beyond max_input_wait_s): moving average of its stamp steps, each capped
+# so that one outage (a GNSS in a tunnel) does not make the topic's allowance minutes long.
+PERIOD_ALPHA = 0.05
+PERIOD_CAP_S = 5.0
 
 # An input event as the node's conversions give it: (stamp, accel, gyro) for "imu",
 # (stamp, can_id, data, dlc, is_error, is_extended) for "can", (stamp, values) for another registry stream.
@@ -167,6 +186,9 @@ class LiveScoring:
         self.newest_stamp = -math.inf  # newest message time of any input
         self._newest_by_input: dict[str, float] = {}  # message time reached by each input topic
         self._last_recv_by_input: dict[str, float] = {}  # receipt time of each input topic's latest message
+        self._backlogged: dict[str, bool] = {}  # input topic -> messages of it still waiting (BACKLOG markers)
+        self._period: dict[str, float] = {}  # input topic -> its message period (moving average of stamp steps)
+        self._skipped: dict[str, float] = {}  # inputs the latest horizon did not wait for -> message time they reached
         self._first_recv: float | None = None  # receipt time of the first input message since the start/a reset
         self.last_receipt_clock: float | None = None  # caller's clock after the latest batch (silence)
         self._last_stamp: float | None = None  # stamp of the latest event pushed (offline end of stream)
@@ -187,14 +209,18 @@ class LiveScoring:
         self._poll_times = []
         push = self.push
         for t_recv, kind, source, event in batch:
+            if kind == BACKLOG:
+                self._backlogged[source] = bool(event)
+                continue
             push(t_recv, kind, source, event)
         self.last_receipt_clock = self.clock()
         done = time.time()
         latency = self.latency
         with latency.lock:
-            for t_recv, *_ in batch:
-                latency.proc.add(done - t_recv)
-                latency.queue_wait.add(t_taken - t_recv)
+            for t_recv, kind, *_ in batch:
+                if kind != BACKLOG:
+                    latency.proc.add(done - t_recv)
+                    latency.queue_wait.add(t_taken - t_recv)
             for seconds in self._poll_times:
                 latency.poll.add(seconds)
 
@@ -221,6 +247,10 @@ class LiveScoring:
             self._last_recv_by_input[topic] = t_recv
             if not stamp > newest_of.get(topic, -math.inf):
                 return
+            if newest > -math.inf:  # the topic's period: part of its silence allowance (see _horizon)
+                step = min(stamp - newest, PERIOD_CAP_S)
+                period = self._period.get(topic)
+                self._period[topic] = step if period is None else period + PERIOD_ALPHA * (step - period)
             newest_of[topic] = stamp
             if stamp > self.newest_stamp:
                 self.newest_stamp = stamp
@@ -247,16 +277,29 @@ class LiveScoring:
         """Message time up to which every input that is not silent is final (the watermark)."""
         if len(self.inputs) == 1:
             return stamp  # the one input is never silent to itself
-        last_recv, newest_of, first, max_wait = (
+        last_recv, newest_of, first, max_wait, backlogged, period = (
             self._last_recv_by_input,
             self._newest_by_input,
             self._first_recv,
             self.max_input_wait_s,
+            self._backlogged,
+            self._period,
         )
-        return min(
-            (newest_of.get(k, -math.inf) for k in self.inputs if t_recv - last_recv.get(k, first) <= max_wait),
-            default=stamp,  # this event's own input is never silent
-        )
+        waited: list[float] = []
+        skipped: dict[str, float] = {}
+        for k in self.inputs:
+            reached = newest_of.get(k, -math.inf)
+            allowance = max_wait + period.get(k, 0.0)
+            if (
+                t_recv - last_recv.get(k, first) <= allowance  # heard from recently
+                or backlogged.get(k, False)  # its messages wait in the middleware
+                or stamp - reached <= allowance  # not behind in message time: the sender stalled, not the topic
+            ):
+                waited.append(reached)
+            else:
+                skipped[k] = reached
+        self._skipped = skipped
+        return min(waited, default=stamp)  # this event's own input is never silent
 
     # ----- state changes -------------------------------------------------------------------------------------
     def reset(self, reason: str) -> None:
@@ -268,6 +311,9 @@ class LiveScoring:
         self.newest_stamp = -math.inf
         self._newest_by_input.clear()
         self._last_recv_by_input.clear()
+        self._backlogged.clear()
+        self._period.clear()
+        self._skipped = {}
         self._first_recv = None
         self.drops.clear()
         self.on_reset(reason)
@@ -283,9 +329,32 @@ class LiveScoring:
             return
         horizon = self.newest_stamp + silent_s - self.max_input_wait_s
         with self.lock:
+            self._skipped = {}  # every input is silent: the core itself reports the windows STALE_INPUT
             results = self._poll(horizon)
             if results:
                 self.emit(results, self.published(results), None)
+
+    def flush_when_quiet(self, now: float | None = None) -> None:
+        """Every input silent past its allowance (receipt time, ``now`` default :func:`time.time`) and none
+        backlogged: score the windows up to the newest stamp received, as :meth:`finish` does offline (see the
+        module docstring: end of the stream)."""
+        if not math.isfinite(self.max_input_wait_s) or not math.isfinite(self.newest_stamp):
+            return
+        now = time.time() if now is None else now
+        with self.lock:
+            next_end = self.featurizer.next_window_end
+            if next_end is None or next_end > self.newest_stamp or any(self._backlogged.values()):
+                return
+            last_recv, first, period = self._last_recv_by_input, self._first_recv, self._period
+            for k in self.inputs:
+                heard = last_recv.get(k, first)
+                if heard is None or now - heard <= self.max_input_wait_s + period.get(k, 0.0):
+                    return
+            self._skipped = {}  # nothing more is coming for any input: what is in is the whole stream so far
+            with self.scoring:
+                results = self._poll(self.newest_stamp)
+                if results:
+                    self.emit(results, self.published(results), None)
 
     def finish(self) -> None:
         """End of an offline stream: score what the last event's stamp completes."""
@@ -307,6 +376,11 @@ class LiveScoring:
             if self.drops.covers(result.start_s, result.end_s):  # window is [start, end)
                 status = INVALID_INPUT if status == OK else status
                 message = "; ".join(m for m in (message, DROP_NOTE) if m)
+            short = [k for k, reached in self._skipped.items() if reached < result.end_s] if status == OK else []
+            if short:  # scored without the rest of these inputs: not a measurement of the window's input
+                status = STALE_INPUT
+                note = f"scored without waiting for {', '.join(short)} (silent past max_input_wait_s + its period)"
+                message = "; ".join(m for m in (message, note) if m)
             if self._pending_reset_note:
                 message = "; ".join(m for m in (message, self._pending_reset_note) if m)
                 if status == OK:
