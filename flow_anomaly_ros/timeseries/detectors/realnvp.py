@@ -120,14 +120,16 @@ class RealNVPDetector(Detector):
 
         Occlusion attribution: for row ``x`` and feature ``i``, ``max(0, s(x) - s(x with x_i = 0))``, normalised to
         sum 1 (all zeros when no single feature explains the score). Features are normalised, so 0 is the median of
-        clean training windows. Costs one batched scoring of ``d + 1`` rows per window.
+        clean training windows. Costs one batched scoring of ``d + 1`` rows per window, one window per call: a
+        larger batch can take other kernels and change the last bits, and a row's attribution must not depend on
+        which windows it was asked with (the node explains the windows one poll closes, offline one at a time).
         """
         x = as_2d(x, self.n_features_)
         n, d = x.shape
         rows = np.repeat(x[:, None, :], d + 1, axis=1)
         idx = np.arange(d)
         rows[:, idx + 1, idx] = 0.0
-        s = self.decision_function(rows.reshape(-1, d)).reshape(n, d + 1)
+        s = np.stack([self.decision_function(window) for window in rows]) if n else np.zeros((0, d + 1))
         drop = np.maximum(s[:, :1] - s[:, 1:], 0.0)
         total = drop.sum(axis=1, keepdims=True)
         return np.divide(drop, total, out=np.zeros_like(drop), where=total > 0)
