@@ -24,7 +24,6 @@ IMU, CAN, GPS = "/imu/data", "/from_can_bus", "/gps/fix"
 # captured before the registry (see the module docstring): 180 windows, 160 OK, 77 features
 PINNED_FEATURES = "ef1eb9a01a2ed5039d439826a7b8328d7b213fed6093f3834757d9c7fbdb54be"
 PINNED_STATUS = "ac73aa8869d3e5aa9d73c0d97c1416aa40c4dc1b90e9f34a2cadf4caedc98d0e"
-PINNED_SCORES = "024c4e0a7117fa8cd15566a6e2b89bad6bc564192385949f0b8c3ca0e09321c9"
 
 
 def _digest(a: np.ndarray) -> str:
@@ -58,7 +57,12 @@ def test_imu_and_can_features_and_scores_are_bit_identical_to_before_the_registr
     assert _digest(np.array([w.status for w in windows], np.int64)) == PINNED_STATUS
     model = fit_model(config, DatasetFeatures(x[:100], x[100:], []), "elliptic", doc, {}, threads=1)
     scores = np.array([r.score for r in score_recording(model, rec)])
-    assert _digest(scores) == PINNED_SCORES
+    # The features are pinned bit for bit above; the scores follow from them: the streaming path equals the model
+    # applied to those features (a pinned score digest would pin the CPU too: BLAS picks kernels by CPU model).
+    ok = np.isfinite(scores)
+    assert ok.sum() == len(x)
+    direct = model.detector.decision_function(model.normaliser.transform(x))
+    assert np.array_equal(scores[ok], direct)
     # the GNSS rows of the same bag change nothing for a model that does not read GNSS
     with_gnss = recording_from_bag(demo_bag, IMU, CAN, {"gnss": GPS})
     assert (with_gnss.events["kind"] == gnss.KIND_GNSS).sum() == 18
