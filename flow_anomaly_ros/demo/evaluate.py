@@ -19,6 +19,7 @@ is full (counted; affected windows come out INVALID_INPUT). With no drops the ou
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,20 @@ def _camera_launch(NodeLaunch: Any, models: cores.DemoModels, topics: dict[str, 
     )
 
 
+def outputs_complete(frames: int, windows: int | None) -> Callable[[dict[str, int]], bool]:
+    """Whether a live run's recorded outputs are all in: every camera output of ``frames`` frames (a large mask
+    can arrive after the frame's small summary: reliable delivery repeats lost fragments), and ``windows``
+    time-series scores (None: unknown, so never complete by count; the replay then waits for the outputs to go
+    quiet)."""
+
+    def ready(counts: dict[str, int]) -> bool:
+        if windows is None or counts.get(TS_SCORE_TOPIC, 0) < windows:
+            return False
+        return all(counts.get(topic, 0) >= frames for topic in CAMERA_OUTPUTS) if frames else True
+
+    return ready
+
+
 def evaluate_live(
     bag: str | Path,
     models: cores.DemoModels,
@@ -244,8 +259,12 @@ def evaluate_live(
     outputs_bag: str | Path | None = None,
     progress: Any | None = None,
     log_dir: str | Path | None = None,
+    expected_windows: int | None = None,
 ) -> Evaluation:
-    """Play ``bag`` through the nodes over DDS, record their outputs and compute the same metrics as offline."""
+    """Play ``bag`` through the nodes over DDS, record their outputs and compute the same metrics as offline.
+
+    Recording stops once every output is in (``outputs_complete``); ``expected_windows`` (the offline run's count)
+    lets it stop as soon as the last time-series window is, else it waits for the outputs to go quiet."""
     from flow_anomaly_ros.demo.live import replay_and_record
     from flow_anomaly_ros.demo.live import start_nodes as _start
 
@@ -259,7 +278,8 @@ def evaluate_live(
 
         shutil.rmtree(outputs_bag)
     n_frames = int(truth["message_counts"].get(topics["camera"], 0))
-    running = _start(node_launches(models, topics), log_dir) if start_nodes else None
+    launches = node_launches(models, topics)
+    running = _start(launches, log_dir) if start_nodes else None
     try:
         run = replay_and_record(
             bag,
@@ -269,7 +289,10 @@ def evaluate_live(
             input_topics=[topics["imu"], topics["can"], topics["camera"], topics["gps"]],
             wait_topics=[topics["imu"], topics["can"], topics["camera"], topics["gps"]],
             wait_timeout_s=180.0,
-            outputs_ready=lambda counts: counts.get(f"/{CAMERA_NODE}/summary", 0) >= n_frames,
+            outputs_ready=outputs_complete(
+                n_frames if models.seg_model is not None else 0,
+                expected_windows if TS_NODE in {n.name for n in launches} else 0,
+            ),
             progress=progress,
         )
     finally:

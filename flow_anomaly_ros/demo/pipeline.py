@@ -259,6 +259,9 @@ def run_demo(
                 progress=bar,
                 log_dir=report_dir / "node_logs",
                 outputs_bag=report_dir / "live_outputs",
+                expected_windows=len(offline.detectors[models.deployed_detector])
+                if models.deployed_detector in offline.detectors
+                else None,
             )
         agree = agreement(offline, live_ev)
         p.info(f"agreement: {agree}")
