@@ -97,7 +97,7 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "max_input_wait_s",
         0.5,
-        "scoring waits for every input topic, except one silent this long (wall time since its last message)",
+        "scoring waits for every input topic, except one silent this long plus its own message period (wall time)",
         min=0.0,
         max=10.0,
     ),
