@@ -31,18 +31,23 @@ TINY_FLOW = {"epochs": 2, "num_layers": 2, "hidden_features": 16, "num_blocks_pe
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 30 s real KITTI + CAN recording and a tiny RealNVP model trained on its first 18 s."""
+    config, _ = default_config()
+    rec, path = _tiny_model(config, tmp_path_factory.mktemp("live"))
+    return {"config": config, "test": rec.slice_time(18.0, 30.0), "path": path}
+
+
+def _tiny_model(config, where):
+    """The 30 s recording of ``config``'s streams and a tiny RealNVP model trained on its first 18 s."""
     import torch
 
     torch.set_num_threads(1)
-    config, _ = default_config()
     rec, _ = base_recording(config, seed=1, duration_s=30.0)
     x, _ = stack_features(featurize_recording(config, rec.slice_time(0.0, 18.0).events, stride_s=0.1))
     norm = RobustNormaliser.fit(x)
     det = make_detector("realnvp", **TINY_FLOW).fit(norm.transform(x))
     det.calibrate(norm.transform(x), quantile=0.9)
-    path = tmp_path_factory.mktemp("live") / "model"
-    TimeseriesModel(config, norm, det).save(path)
-    return {"config": config, "test": rec.slice_time(18.0, 30.0), "path": path}
+    TimeseriesModel(config, norm, det).save(where / "model")
+    return rec, where / "model"
 
 
 def _messages(recording):
@@ -268,19 +273,10 @@ def test_a_stalled_sender_is_not_mistaken_for_a_silent_topic(world):
 @pytest.fixture(scope="module")
 def gnss_world(tmp_path_factory):
     """The demo's IMU + CAN + 1 Hz GNSS config, a 30 s real KITTI recording with its real fixes, a tiny model."""
-    import torch
-
     from flow_anomaly_ros.timeseries.signals import DEFAULT_CONFIG_PATH, load_pipeline_config
 
-    torch.set_num_threads(1)
     config, _ = load_pipeline_config(DEFAULT_CONFIG_PATH.with_name("timeseries_model_gnss.yaml"))
-    rec, _ = base_recording(config, seed=1, duration_s=30.0)
-    x, _ = stack_features(featurize_recording(config, rec.slice_time(0.0, 18.0).events, stride_s=0.1))
-    norm = RobustNormaliser.fit(x)
-    det = make_detector("realnvp", **TINY_FLOW).fit(norm.transform(x))
-    det.calibrate(norm.transform(x), quantile=0.9)
-    path = tmp_path_factory.mktemp("live_gnss") / "model"
-    TimeseriesModel(config, norm, det).save(path)
+    rec, path = _tiny_model(config, tmp_path_factory.mktemp("live_gnss"))
     return {"test": rec.slice_time(18.0, 29.5), "path": path}  # ends 0.5 s after a fix
 
 
